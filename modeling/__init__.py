@@ -1,0 +1,24 @@
+"""Model families of cross-modal-zoo. Importing this package registers every family with the Auto* classes.
+
+Each family lives in its own folder and imports only its siblings, so `save_pretrained` copies its code next to
+the weights and `AutoModel.from_pretrained(folder, trust_remote_code=True)` loads it anywhere.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
+from .cman import CmanConfig, CmanModel, CmanProcessor
+
+
+def _register(config_class, model_class, processor_class=None) -> None:
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, model_class, exist_ok=True)
+    config_class.register_for_auto_class()
+    model_class.register_for_auto_class("AutoModel")
+    if processor_class is not None:
+        AutoProcessor.register(config_class, processor_class, exist_ok=True)
+        processor_class.register_for_auto_class("AutoProcessor")
+
+
+_register(CmanConfig, CmanModel, CmanProcessor)
+
+__all__ = ["CmanConfig", "CmanModel", "CmanProcessor"]

@@ -1,0 +1,26 @@
+import os
+
+# The suite never reaches the Hub: everything it loads is built in code or saved to a temp folder first.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """`RUN_SLOW=1` runs the tests marked slow too (like transformers' `@slow`)."""
+    if os.environ.get("RUN_SLOW", "0").lower() in ("1", "true", "yes"):
+        for item in items:
+            item.own_markers = [m for m in item.own_markers if m.name != "slow"]
+        config.option.markexpr = ""
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import torch
+
+    torch.manual_seed(0)

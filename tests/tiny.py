@@ -1,0 +1,158 @@
+"""Tiny towers and CMAN configs built in code, and tiny random checkpoints saved in the real formats.
+
+Nothing here downloads: the tokenizer is a byte-level BPE trained on a few sentences, the towers are random.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from transformers import (
+    ASTConfig,
+    ASTFeatureExtractor,
+    ASTModel,
+    RobertaConfig,
+    RobertaModel,
+    RobertaTokenizer,
+    ViTConfig,
+    ViTImageProcessor,
+    ViTModel,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+)
+
+from modeling.cman import CmanConfig, CmanProcessor
+
+CORPUS = [
+    "a dog barks at the red fire truck",
+    "a cat sleeps on a chair in the sun",
+    "the bird sings a song in the tree",
+    "seven horses run across a green field",
+    "an old car drives down the wet street at night",
+]
+TINY_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+AUDIO_FRAMES, MEL_BINS, IMAGE_SIZE = 48, 16, 32
+
+
+def tiny_text_config() -> RobertaConfig:
+    return RobertaConfig(
+        vocab_size=300, max_position_embeddings=40, type_vocab_size=1, pad_token_id=1, **TINY_TOWER
+    )
+
+
+def tiny_audio_config() -> ASTConfig:
+    return ASTConfig(
+        max_length=AUDIO_FRAMES, num_mel_bins=MEL_BINS, frequency_stride=8, time_stride=8, **TINY_TOWER
+    )
+
+
+def tiny_whisper_config(max_source_positions: int = 50) -> WhisperConfig:
+    return WhisperConfig(
+        vocab_size=100,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        num_mel_bins=MEL_BINS,
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=37,
+        decoder_layers=1,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=37,
+        max_source_positions=max_source_positions,
+        max_target_positions=20,
+    )
+
+
+def tiny_vision_config() -> ViTConfig:
+    return ViTConfig(image_size=IMAGE_SIZE, patch_size=8, **TINY_TOWER)
+
+
+def tiny_cman_config(**overrides) -> CmanConfig:
+    fields = dict(
+        text_config=tiny_text_config(),
+        audio_config=tiny_audio_config(),
+        vision_config=tiny_vision_config(),
+        fusion_hidden_size=32,
+        fusion_num_hidden_layers=2,
+        fusion_num_attention_heads=4,
+        fusion_intermediate_size=64,
+        fusion_max_position_embeddings=64,
+        projection_dim=16,
+        fusion_dropout=0.0,
+    )
+    fields.update(overrides)
+    return CmanConfig(**fields)
+
+
+def tiny_tokenizer(folder: str | Path) -> RobertaTokenizer:
+    """A byte-level BPE tokenizer (RoBERTa format) trained on `CORPUS`, saved to `folder`."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        CORPUS * 4, vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    )
+    vocab, merges = bpe.get_vocab(), _merges(bpe)
+    tokenizer = RobertaTokenizer(vocab=vocab, merges=merges)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def _merges(bpe) -> list[tuple[str, str]]:
+    import json
+
+    return [
+        tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+        for m in json.loads(bpe.to_str())["model"]["merges"]
+    ]
+
+
+def tiny_processor(folder: str | Path) -> CmanProcessor:
+    return CmanProcessor(
+        tokenizer=tiny_tokenizer(Path(folder) / "tokenizer"),
+        feature_extractor=ASTFeatureExtractor(num_mel_bins=MEL_BINS, max_length=AUDIO_FRAMES),
+        image_processor=ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+    )
+
+
+def save_tiny_pretrained_towers(root: str | Path) -> dict[str, Path]:
+    """Save random tiny RoBERTa / AST / ViT checkpoints (+ preprocessing) in the formats of the seed's Hub models."""
+    root = Path(root)
+    paths = {"text": root / "roberta", "audio": root / "ast", "vision": root / "vit"}
+    RobertaModel(tiny_text_config()).save_pretrained(paths["text"])
+    tiny_tokenizer(paths["text"])
+    ASTModel(tiny_audio_config()).save_pretrained(paths["audio"])
+    ASTFeatureExtractor(num_mel_bins=MEL_BINS, max_length=AUDIO_FRAMES).save_pretrained(paths["audio"])
+    ViTModel(tiny_vision_config()).save_pretrained(paths["vision"])
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(paths["vision"])
+    return paths
+
+
+def save_tiny_whisper(folder: str | Path, max_source_positions: int = 50) -> Path:
+    """A random tiny full Whisper (encoder + decoder) checkpoint with its feature extractor."""
+    from transformers import WhisperForConditionalGeneration
+
+    folder = Path(folder)
+    WhisperForConditionalGeneration(tiny_whisper_config(max_source_positions)).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=MEL_BINS, chunk_length=max_source_positions // 50).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def random_batch(batch_size: int = 3, seed: int = 0) -> dict:
+    """Raw inputs for the processor: captions, 16 kHz waves of different lengths, RGB images."""
+    rng = np.random.default_rng(seed)
+    texts = [CORPUS[i % len(CORPUS)] for i in range(batch_size)]
+    waves = [
+        rng.standard_normal(int(16000 * (0.2 + 0.1 * i))).astype(np.float32) * 0.1 for i in range(batch_size)
+    ]
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(batch_size)]
+    return {"text": texts, "audio": waves, "images": images, "sampling_rate": 16000}
