@@ -34,8 +34,12 @@ def summarize(config: CmanConfig, lora_r: int = 8, lora_alpha: int = 16, lora_dr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--towers", help="folder written by `python -m recipes.towers` (default: full-size config)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--towers", help="folder written by `python -m recipes.towers` (default: full-size config)"
+    )
     parser.add_argument("--audio_window_seconds", type=float, default=None)
     parser.add_argument("--lora_r", type=int, default=8)
     parser.add_argument("--lora_alpha", type=int, default=16)

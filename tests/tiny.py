@@ -32,7 +32,14 @@ CORPUS = [
     "seven horses run across a green field",
     "an old car drives down the wet street at night",
 ]
-TINY_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+TINY_TOWER = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 AUDIO_FRAMES, MEL_BINS, IMAGE_SIZE = 48, 16, 32
 
 
@@ -156,3 +163,71 @@ def random_batch(batch_size: int = 3, seed: int = 0) -> dict:
     ]
     images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(batch_size)]
     return {"text": texts, "audio": waves, "images": images, "sampling_rate": 16000}
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (240, 220, 30)}
+SHAPES = ("circle", "square", "stripe")
+
+
+def tiny_retrieval_rows(count: int, seed: int = 0) -> list[dict]:
+    """Rows of a small tri-modal dataset: a caption, a 16 kHz tone whose pitch follows the colour, and an image of
+    the coloured shape. Encoded as WAV / PNG bytes, as a `datasets` Audio / Image column stores them."""
+    import io
+
+    import soundfile
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(count):
+        colour = list(COLOURS)[index % len(COLOURS)]
+        shape = SHAPES[(index // len(COLOURS)) % len(SHAPES)]
+        image = Image.new("RGB", (48, 48), "white")
+        draw = ImageDraw.Draw(image)
+        if shape == "circle":
+            draw.ellipse((8, 8, 40, 40), fill=COLOURS[colour])
+        elif shape == "square":
+            draw.rectangle((10, 10, 38, 38), fill=COLOURS[colour])
+        else:
+            draw.rectangle((0, 18, 48, 30), fill=COLOURS[colour])
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        seconds = 0.3 + 0.1 * rng.random()
+        t = np.arange(int(16000 * seconds)) / 16000
+        tone = (
+            0.3
+            * np.sin(2 * np.pi * (220 + 110 * list(COLOURS).index(colour)) * t)
+            * (1 + SHAPES.index(shape))
+        )
+        wav = io.BytesIO()
+        soundfile.write(wav, (tone / 3).astype(np.float32), 16000, format="WAV")
+        rows.append(
+            {
+                "id": f"item-{seed}-{index}",
+                "text": f"a {colour} {shape} number {index}",
+                "audio": {"bytes": wav.getvalue(), "path": None},
+                "image": {"bytes": png.getvalue(), "path": None},
+            }
+        )
+    return rows
+
+
+def save_tiny_retrieval_dataset(folder: str | Path, sizes: dict[str, int] | None = None) -> Path:
+    """A `DatasetDict` with text / Audio / Image columns saved with `save_to_disk`."""
+    import datasets
+
+    sizes = sizes or {"train": 16, "validation": 8, "test": 8}
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "text": datasets.Value("string"),
+            "audio": datasets.Audio(sampling_rate=16000),
+            "image": datasets.Image(),
+        }
+    )
+    splits = {
+        name: datasets.Dataset.from_list(tiny_retrieval_rows(count, seed=i), features=features)
+        for i, (name, count) in enumerate(sizes.items())
+    }
+    datasets.DatasetDict(splits).save_to_disk(str(folder))
+    return Path(folder)

@@ -48,6 +48,9 @@ class CmanConfig(PreTrainedConfig):
             [`CmanModel.from_encoders_pretrained`]. Recorded in the config so a saved model names its bases.
         freeze_encoders (`bool`, defaults to `True`):
             Freeze the three towers (adapt them with LoRA through [`CmanModel.apply_lora`]).
+        audio_token_stride (`int`, defaults to 1): average-pool the audio tower's tokens over this many frames before
+            fusion (Whisper emits 50 tokens per second; a stride of 2-4 keeps speech intelligible at a fraction
+            of the fusion cost).
         fusion_hidden_size (`int`, defaults to 512): width of the fusion transformer.
         fusion_num_hidden_layers (`int`, defaults to 6), fusion_num_attention_heads (`int`, defaults to 8),
         fusion_intermediate_size (`int`, defaults to 2048): depth, heads and FFN width of the fusion transformer.
@@ -93,6 +96,7 @@ class CmanConfig(PreTrainedConfig):
     audio_model_name_or_path: str | None = None
     vision_model_name_or_path: str | None = None
     freeze_encoders: bool = True
+    audio_token_stride: int = 1
 
     fusion_hidden_size: int = 512
     fusion_num_hidden_layers: int = 6
@@ -140,6 +144,7 @@ class CmanConfig(PreTrainedConfig):
             "fusion_intermediate_size",
             "fusion_max_position_embeddings",
             "projection_dim",
+            "audio_token_stride",
         ):
             if getattr(self, field) < 1:
                 raise ValueError(

@@ -45,6 +45,12 @@ class CmanProcessor(ProcessorMixin):
     ):
         self.max_audio_seconds = max_audio_seconds
         self.text_max_length = text_max_length
+        if type(image_processor).__name__ == "TimmWrapperImageProcessor" and not hasattr(
+            image_processor, "pretrained_cfg"
+        ):
+            # A timm image processor keeps its settings in the model's config.json and serialises without its
+            # `pretrained_cfg` init argument; keep it so the processor saved inside a CMAN folder reloads.
+            image_processor.pretrained_cfg = dict(image_processor.data_config)
         super().__init__(tokenizer, feature_extractor, image_processor, **kwargs)
 
     @classmethod
@@ -218,9 +224,12 @@ class CmanProcessor(ProcessorMixin):
         window = self.audio_window_seconds * self.sampling_rate
         truncated = [index for index, wave in enumerate(waves) if len(wave) > window]
         if truncated:
-            logger.warning(
-                f"{len(truncated)} audio clip(s) (indices {truncated[:10]}) are longer than the audio tower's "
-                f"{self.audio_window_seconds:g} s window and are truncated to it."
+            logger.warning_once(
+                f"Audio clips longer than the audio tower's {self.audio_window_seconds:g} s window are truncated to it "
+                "(each call logs which ones at INFO level)."
+            )
+            logger.info(
+                f"Truncated {len(truncated)} audio clip(s) to {self.audio_window_seconds:g} s: {truncated[:10]}"
             )
         return waves
 

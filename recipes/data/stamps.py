@@ -8,10 +8,12 @@ description). This module turns them, deterministically and offline, into a `dat
 saved with ``save_to_disk``:
 
 - ``train`` / ``validation`` / ``test`` (about 70/10/20, grouped by normalised description), where
-  ``audio`` is English speech: the human recording when there is one, else espeak-ng speech;
-- ``test_animals``, ``test_sound_effects`` and ``test_french_speech``: held-out splits made only of real
-  recordings. Every stamp that has real English speech or a sound effect is kept out of ``train`` and
-  ``validation``, and the French split is drawn from ``test`` stamps only.
+  ``audio`` is English speech: espeak-ng speech in ``train`` and ``validation`` (real recordings are never
+  trained on), and in ``test`` the person's recording where there is one;
+- ``test_animals``, ``test_sound_effects`` and ``test_french_speech``: test-only splits made of real
+  recordings. The animals and sound effects come from every split (their images and descriptions may have
+  been seen in training, with synthetic speech; the card counts them); the French split comes from ``test``
+  stamps only.
 
 Usage::
 
@@ -48,7 +50,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1.0.0"
+BUILDER_VERSION = "2.0.0"
 DEFAULT_STAMPS_ROOT = "/usr/share/tuxpaint/stamps"
 DEFAULT_OPENCLIPART_ROOT = "/usr/share/openclipart/svg"
 SAMPLING_RATE = 16_000
@@ -147,16 +149,11 @@ class Stamp:
 @dataclass
 class _Media:
     image: bytes
-    audio: bytes
-    audio_source: str
+    synthetic: bytes
+    synthetic_source: str
     sound_effect: bytes | None
     speech: dict[str, bytes]
     silent: list[str]
-
-    @property
-    def held_out(self) -> bool:
-        """Stamps with real English speech or a sound effect are only used for testing."""
-        return self.sound_effect is not None or "en" in self.speech
 
 
 @dataclass
@@ -408,13 +405,10 @@ def _load_media(stamp: Stamp) -> _Media:
     sounds = {path: load_audio(path) for path in [p for _, p in stamp.speech] + [stamp.sound_effect] if path}
     speech = {lang: sounds[path] for lang, path in stamp.speech if sounds[path] is not None}
     sound_effect = sounds[stamp.sound_effect] if stamp.sound_effect else None
-    if "en" in speech:
-        audio, source = speech["en"], "human"
-    else:
-        voice, rate = espeak_voice(stamp.id)
-        audio, source = synthesize(stamp.text, voice, rate), f"espeak-ng:{voice}:{rate}"
+    voice, rate = espeak_voice(stamp.id)
+    synthetic, source = synthesize(stamp.text, voice, rate), f"espeak-ng:{voice}:{rate}"
     silent = [str(path) for path, value in sounds.items() if value is None]
-    return _Media(image, audio, source, sound_effect, speech, silent)
+    return _Media(image, synthetic, source, sound_effect, speech, silent)
 
 
 def load_all_media(
@@ -448,11 +442,11 @@ def load_all_media(
 # Splits
 
 
-def assign_splits(stamps: Sequence[Stamp], held_out: set[str]) -> dict[str, str]:
+def assign_splits(stamps: Sequence[Stamp]) -> dict[str, str]:
     """Map stamp id -> ``train``/``validation``/``test``, never splitting a normalised description.
 
-    Groups holding a held-out stamp go to ``test``; the other groups, in a fixed hash order, fill
-    ``validation`` then ``test`` up to 10% and 20% of the stamps, and the rest is ``train``.
+    Description groups, in a fixed hash order, fill ``validation`` then ``test`` up to 10% and 20% of the
+    stamps; the rest is ``train``.
     """
     groups: dict[str, list[Stamp]] = defaultdict(list)
     for stamp in stamps:
@@ -463,14 +457,7 @@ def assign_splits(stamps: Sequence[Stamp], held_out: set[str]) -> dict[str, str]
     }
     sizes: Counter[str] = Counter()
     assignment: dict[str, str] = {}
-    free_groups = []
-    for key, members in groups.items():
-        if any(stamp.id in held_out for stamp in members):
-            sizes["test"] += len(members)
-            assignment.update((stamp.id, "test") for stamp in members)
-        else:
-            free_groups.append(key)
-    for key in sorted(free_groups, key=_stable_hash):
+    for key in sorted(groups, key=_stable_hash):
         members = groups[key]
         split = next((s for s in ("validation", "test") if sizes[s] < targets[s]), "train")
         sizes[split] += len(members)
@@ -494,8 +481,8 @@ def _row(
         "text": text if text is not None else stamp.text,
         "text_translations": [{"lang": lang, "text": value} for lang, value in stamp.translations],
         "image": {"bytes": media.image, "path": None},
-        "audio": {"bytes": audio if audio is not None else media.audio, "path": None},
-        "audio_source": audio_source or media.audio_source,
+        "audio": {"bytes": audio if audio is not None else media.synthetic, "path": None},
+        "audio_source": audio_source or media.synthetic_source,
         "sound_effect": {"bytes": media.sound_effect, "path": None} if media.sound_effect else None,
         "spoken_by_person": [
             {"lang": lang, "audio": {"bytes": value, "path": None}}
@@ -509,7 +496,7 @@ def build_rows(
 ) -> dict[str, list[dict[str, Any]]]:
     """Rows of every split (``extra`` stamps go to ``train`` only)."""
     kept = [stamp for stamp in stamps if stamp.id in media]
-    assignment = assign_splits(kept, {stamp.id for stamp in kept if media[stamp.id].held_out})
+    assignment = assign_splits(kept)
     splits: dict[str, list[dict[str, Any]]] = {
         name: []
         for name in (
@@ -523,17 +510,18 @@ def build_rows(
     }
     for stamp in kept:
         split, m = assignment[stamp.id], media[stamp.id]
-        splits[split].append(_row(stamp, m))
-        if split != "test":
-            continue
+        if split == "test" and "en" in m.speech:  # real recordings are only ever tested on
+            splits[split].append(_row(stamp, m, audio=m.speech["en"], audio_source="human"))
+        else:
+            splits[split].append(_row(stamp, m))
         if stamp.category == "animals" and "en" in m.speech and m.sound_effect:
-            splits["test_animals"].append(_row(stamp, m))
+            splits["test_animals"].append(_row(stamp, m, audio=m.speech["en"], audio_source="human"))
         if m.sound_effect:
             splits["test_sound_effects"].append(
                 _row(stamp, m, audio=m.sound_effect, audio_source="sound_effect")
             )
         french = dict(stamp.translations).get("fr")
-        if french and "fr" in m.speech:
+        if split == "test" and french and "fr" in m.speech:
             splits["test_french_speech"].append(
                 _row(stamp, m, language="fr", text=french, audio=m.speech["fr"], audio_source="human")
             )
@@ -619,6 +607,9 @@ def dataset_card(
     bad = "\n".join(f"  - `{path}`" for path in stats.bad_files + stats.empty_descriptions) or "  - none"
     silent = "\n".join(f"  - `{path}`" for path in stats.silent_files) or "  - none"
     args = fingerprint["arguments"]
+    train_ids = {row["id"] for row in splits["train"]}
+    seen_animals = sum(row["id"] in train_ids for row in splits["test_animals"])
+    seen_effects = sum(row["id"] in train_ids for row in splits["test_sound_effects"])
     return f"""---
 pretty_name: Tux Paint Stamps (image, text, speech, sound)
 license: gpl-2.0
@@ -653,14 +644,17 @@ in other languages and, for some, a real sound effect. Built offline from the De
 
 - `train` / `validation` / `test`: one row per stamp, about 70/10/20, grouped by normalised description
   (lowercase, no punctuation): stamps that share a description are always in the same split.
-- **Held out for testing only.** Every stamp with real English speech or a real sound effect (and every
-  stamp sharing its description) is in `test`, never in `train` or `validation`. So all training audio
-  is synthetic, and these splits measure transfer to real recordings:
+- **Real recordings are only tested on.** All `train` and `validation` audio is espeak-ng speech; in `test`,
+  the stamps with a person's English recording use it. The test-only splits measure transfer to real
+  recordings:
   - `test_animals`: animals with an image, a description, a person saying it (`audio`) and the real
-    animal call (`sound_effect`);
-  - `test_sound_effects`: `audio` is the stamp's real sound effect, paired with its image and description;
+    animal call (`sound_effect`), from every split: {seen_animals} of them have their image and description
+    in `train` (seen there with synthetic speech), so their text <-> image figures are optimistic; the
+    directions with the person's speech are not;
+  - `test_sound_effects`: `audio` is the stamp's real sound effect, paired with its image and description,
+    from every split ({seen_effects} in `train`);
   - `test_french_speech`: `text` is the French description and `audio` a person reading it, for the `test`
-    stamps that have both (`language` = `fr`). Their images are never seen in training either.
+    stamps that have both (`language` = `fr`): never seen in training in any modality.
 
 ## Columns
 

@@ -1,0 +1,169 @@
+"""Plots of a retrieval run: loss curves, recall@K per direction, a t-SNE of the shared space and a fusion
+attention map. Each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+MODALITY_COLOURS = {"text": "tab:blue", "audio": "tab:orange", "image": "tab:green", "cls": "tab:gray"}
+TYPE_NAMES = {0: "text", 1: "audio", 2: "image", 3: "cls"}
+
+
+def plot_loss(log_history: list[dict], path: Path) -> Path:
+    """Training loss per logging step and validation loss per evaluation."""
+    train = [(r["step"], r["loss"]) for r in log_history if "loss" in r and "step" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="training loss", color="tab:blue")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="validation loss", color="tab:red")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("CMAN retrieval loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_recall(split_results: dict, path: Path, title: str) -> Path:
+    """Grouped bars of R@1/5/10 per direction (composed queries included), chance as black ticks."""
+    rows = {**split_results["directions"], **split_results.get("composed", {})}
+    names = [name.replace("_to_", "→") for name in rows]
+    ks = ("R@1", "R@5", "R@10")
+    x = np.arange(len(rows))
+    width = 0.26
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(rows)), 4.2))
+    for offset, k in enumerate(ks):
+        values = [m[k] for m in rows.values()]
+        chance = [m["chance"][k] for m in rows.values()]
+        ax.bar(x + (offset - 1) * width, values, width, label=k)
+        ax.scatter(x + (offset - 1) * width, chance, marker="_", s=200, color="black", zorder=3)
+    ax.scatter([], [], marker="_", s=200, color="black", label="chance")
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("recall")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(ncol=4, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_tsne(embeddings: dict[str, torch.Tensor], path: Path, seed: int = 0) -> Path:
+    """t-SNE of the embeddings of each modality in the shared space, coloured by modality; thin lines join the
+    text, audio and image of the same item."""
+    from sklearn.manifold import TSNE
+
+    modalities = list(embeddings)
+    stacked = torch.cat([embeddings[m] for m in modalities]).numpy()
+    perplexity = float(min(30, max(5, len(stacked) // 10)))
+    points = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(stacked)
+    count = len(embeddings[modalities[0]])
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    per_modality = np.split(points, len(modalities))
+    for item in range(min(count, 40)):
+        ax.plot(*np.stack([p[item] for p in per_modality]).T, color="lightgray", linewidth=0.5, zorder=1)
+    for modality, coords in zip(modalities, per_modality):
+        ax.scatter(
+            coords[:, 0], coords[:, 1], s=10, label=modality, color=MODALITY_COLOURS[modality], zorder=2
+        )
+    ax.set_title(f"t-SNE of the shared {stacked.shape[1]}-d space ({count} items)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_fusion_attention(
+    attentions: tuple[torch.Tensor, ...], type_ids: torch.Tensor, caption: str, path: Path
+) -> Path:
+    """Last fusion layer: the pooling token's attention over every token (top) and the full map (bottom),
+    averaged over heads, with tokens coloured by modality."""
+    last = attentions[-1][0].float().mean(0).numpy()  # (S, S)
+    types = [TYPE_NAMES[int(t)] for t in type_ids]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 8), gridspec_kw={"height_ratios": [1, 3]})
+    top.bar(range(len(types)), last[0], color=[MODALITY_COLOURS[t] for t in types], width=1.0)
+    top.set_ylabel("attention")
+    top.set_title(f"Pooling token attention, last fusion layer\n{caption[:90]!r}", fontsize=10)
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=MODALITY_COLOURS[m]) for m in ("cls", "text", "audio", "image")
+    ]
+    top.legend(handles, ["pooling", "text", "audio", "image"], ncol=4, fontsize=8)
+    top.set_xlim(-0.5, len(types) - 0.5)
+    image = bottom.imshow(last, aspect="auto", cmap="viridis")
+    bounds = [i for i in range(1, len(types)) if types[i] != types[i - 1]]
+    for b in bounds:
+        bottom.axhline(b - 0.5, color="white", linewidth=0.6)
+        bottom.axvline(b - 0.5, color="white", linewidth=0.6)
+    bottom.set_xlabel("key token (pooling | text | audio | image)")
+    bottom.set_ylabel("query token")
+    fig.colorbar(image, ax=bottom, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def write_run_plots(
+    output_dir: Path, model, processor, dataset, split: str | None, columns, max_items: int = 200
+) -> list[Path]:
+    """All plots of a finished run, from `trainer_state.json`, `eval_results.json` and the model itself."""
+    from recipes.data.retrieval import CmanRetrievalCollator, prepare_for_lazy_decoding, resolve_columns
+    from recipes.evaluate_retrieval import embed_dataset
+
+    output_dir = Path(output_dir)
+    written = []
+    state_file = output_dir / "trainer_state.json"
+    if state_file.exists():
+        written.append(plot_loss(json.loads(state_file.read_text())["log_history"], output_dir / "loss.png"))
+    results_file = output_dir / "eval_results.json"
+    if results_file.exists() and split:
+        results = json.loads(results_file.read_text())["results"]
+        if split in results:
+            written.append(
+                plot_recall(results[split], output_dir / "recall_at_k.png", f"Retrieval on {split!r}")
+            )
+    if split and split in dataset:
+        subset = dataset[split].select(range(min(max_items, len(dataset[split]))))
+        subset = prepare_for_lazy_decoding(subset, columns)
+        collator = CmanRetrievalCollator(processor, columns=columns)
+        modalities = resolve_columns(subset, columns, None)
+        embeds, _ = embed_dataset(model, collator, subset, [(m,) for m in modalities], description="t-SNE")
+        written.append(plot_tsne({m: embeds[(m,)] for m in modalities}, output_dir / "tsne.png"))
+        if len(modalities) > 1:
+            batch = collator([subset[0]])
+            batch.pop("group_ids")
+            device = next(model.parameters()).device
+            output = model(**{k: v.to(device) for k, v in batch.items()}, fuse=True, output_attentions=True)
+            caption = subset[0][columns.text] if columns.text in subset.column_names else ""
+            written.append(
+                plot_fusion_attention(
+                    output.fusion_attentions,
+                    output.fusion_token_type_ids.cpu(),
+                    caption,
+                    output_dir / "fusion_attention.png",
+                )
+            )
+    logger.info("Plots: %s", ", ".join(p.name for p in written))
+    return written

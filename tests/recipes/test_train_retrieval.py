@@ -1,0 +1,195 @@
+"""End-to-end tests of the retrieval recipes on a tiny CMAN and a dataset generated in the test."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recipes.arguments import parse_recipe_arguments
+from recipes.train_retrieval import (
+    CmanTrainingArguments,
+    DataArguments,
+    ModelArguments,
+    last_complete_checkpoint,
+)
+from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "recipes" / "configs" / "cman_tiny_test.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("assets")
+    towers = save_tiny_pretrained_towers(root / "towers")
+    return {**towers, "dataset": save_tiny_retrieval_dataset(root / "dataset")}
+
+
+def recipe_args(assets, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        str(TINY_CONFIG),
+        "--text_tower", str(assets["text"]),
+        "--audio_tower", str(assets["audio"]),
+        "--vision_tower", str(assets["vision"]),
+        "--dataset_name", str(assets["dataset"]),
+        "--output_dir", str(output_dir),
+        *extra,
+    ]  # fmt: skip
+
+
+def run(command: list[str], cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def test_yaml_values_are_overridden_by_command_line_flags(assets, tmp_path):
+    model, data, training = parse_recipe_arguments(
+        (ModelArguments, DataArguments, CmanTrainingArguments),
+        recipe_args(assets, tmp_path, "--num_train_epochs", "5", "--cman_config", '{"margin": 0.5}'),
+    )
+    assert training.num_train_epochs == 5 and training.learning_rate == 1e-3
+    assert model.cman_config == {"margin": 0.5} and model.lora_r == 4
+    assert data.test_splits == ["test"]
+
+
+def test_an_unknown_yaml_key_is_refused(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("dataset_name: x\noutput_dir: y\nlearning_rte: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rte"):
+        parse_recipe_arguments((ModelArguments, DataArguments, CmanTrainingArguments), [str(config)])
+
+
+def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduces_its_metrics(
+    assets, tmp_path
+):
+    output_dir = tmp_path / "run"
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    run([*accelerate, str(REPO / "recipes/accelerate_configs/single_process.yaml"), "recipes/train_retrieval.py",
+         *recipe_args(assets, output_dir)])  # fmt: skip
+    for name in ("config.json", "model.safetensors", "modeling_cman.py", "configuration_cman.py",
+                 "processing_cman.py", "processor_config.json", "eval_results.json", "trainer_state.json",
+                 "train.log", "train_log.jsonl", "loss.png", "recall_at_k.png", "tsne.png", "fusion_attention.png"):  # fmt: skip
+        assert (output_dir / name).exists(), name
+    assert not list(output_dir.glob("*.bin")) and not list(output_dir.glob("*.pt"))
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_cman.CmanModel"
+    assert not any("lora" in key for key in load_file(output_dir / "model.safetensors"))
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["epoch"] == 2.0
+    assert any("eval_mean_recall" in record for record in state["log_history"])
+    recorded = json.loads((output_dir / "eval_results.json").read_text())["results"]["test"]
+    assert set(recorded["directions"]) == {f"{a}_to_{b}" for a in ("text", "audio", "image") for b in ("text", "audio", "image") if a != b}  # fmt: skip
+    assert "text+audio_to_image" in recorded["composed"]
+
+    # Another directory, another process, only the folder: the evaluation script gives the same numbers.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run([sys.executable, str(REPO / "recipes/evaluate_retrieval.py"), "--model", str(output_dir),
+         "--dataset", str(assets["dataset"]), "--splits", "test", "--output_dir", str(elsewhere)], cwd=elsewhere)  # fmt: skip
+    again = json.loads((elsewhere / "eval_results.json").read_text())["results"]["test"]
+    for group in ("directions", "composed"):
+        for direction, metrics in recorded[group].items():
+            for key in ("R@1", "R@5", "R@10", "median_rank", "mean_rank"):
+                assert again[group][direction][key] == pytest.approx(metrics[key], abs=1e-4), (direction, key)
+
+
+def test_a_bad_row_stops_training_with_its_id_and_column(assets, tmp_path):
+    import datasets
+
+    dataset = datasets.load_from_disk(str(assets["dataset"]))
+    train = dataset["train"].cast_column("image", datasets.Image(decode=False))
+    rows = train.to_list()
+    rows[3]["image"] = {"bytes": b"\x89PNG broken", "path": None}
+    broken = datasets.DatasetDict(
+        {**dataset, "train": datasets.Dataset.from_list(rows, features=train.features)}
+    )
+    broken.save_to_disk(str(tmp_path / "broken"))
+    args = recipe_args({**assets, "dataset": tmp_path / "broken"}, tmp_path / "run", "--test_splits", "test")
+    result = subprocess.run([sys.executable, "recipes/train_retrieval.py", *args], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode != 0
+    assert "BadRowError" in result.stderr and rows[3]["id"] in result.stderr and "image" in result.stderr
+
+
+def test_last_complete_checkpoint_skips_one_interrupted_while_saving(tmp_path):
+    for step, files in ((2, ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_model.safetensors")),
+                        (4, ("adapter_model.safetensors",))):  # fmt: skip
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("x")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+
+def logged_losses(output_dir: Path) -> dict[int, float]:
+    losses = {}
+    for line in (output_dir / "train_log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            losses[record["step"]] = record[
+                "loss"
+            ]  # a resumed run logs the replayed steps again: keep the last
+    return losses
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_exactly(assets, tmp_path):
+    extra = ("--num_train_epochs", "3", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+             "--test_splits", "test", "--make_plots", "false")  # fmt: skip
+    reference = tmp_path / "reference"
+    run([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, reference, *extra)])
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, resumed, *extra)],
+                               cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        # Kill the process (SIGKILL: no clean-up) as soon as it has written a complete checkpoint.
+        deadline = 300
+        import time
+
+        started = time.monotonic()
+        while last_complete_checkpoint(resumed) is None:
+            assert process.poll() is None, "the run ended before writing a checkpoint"
+            assert time.monotonic() - started < deadline
+            time.sleep(0.05)
+        process.kill()
+    finally:
+        process.wait()
+    assert not (resumed / "model.safetensors").exists(), "the run finished before it could be killed"
+    killed_at = last_complete_checkpoint(resumed)
+    run([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, resumed, *extra)])
+
+    reference_losses, resumed_losses = logged_losses(reference), logged_losses(resumed)
+    assert reference_losses.keys() == resumed_losses.keys()
+    for step, loss in reference_losses.items():
+        assert resumed_losses[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), (step, killed_at)
+    expected, actual = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_ddp_with_two_processes_matches_one_process_with_the_global_batch(tmp_path):
+    """2 ranks x batch B (negatives gathered from both ranks, with gradients) == 1 process x batch 2B."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run([*torchrun, str(REPO / "tests/recipes/ddp_worker.py"), str(tmp_path)])
+    run([sys.executable, str(REPO / "tests/recipes/ddp_worker.py"), str(tmp_path)])
+    distributed = torch.load(tmp_path / "world2.pt", weights_only=True)
+    single = torch.load(tmp_path / "world1.pt", weights_only=True)
+    torch.testing.assert_close(distributed["loss"], single["loss"], rtol=1e-5, atol=1e-6)
+    assert distributed["grads"].keys() == single["grads"].keys() and single["grads"]
+    for name, grad in single["grads"].items():
+        torch.testing.assert_close(distributed["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_runs(tmp_path):
+    yield
+    shutil.rmtree(tmp_path / "run", ignore_errors=True)
