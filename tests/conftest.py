@@ -24,3 +24,11 @@ def _seed():
     import torch
 
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tower_dirs(tmp_path_factory):
+    """The three offline pretrained towers, converted once per test session from their PyPI packages."""
+    from recipes.towers import ensure_towers
+
+    return ensure_towers(tmp_path_factory.mktemp("towers"))

@@ -68,14 +68,6 @@ def hub_offline():
 
 
 @pytest.fixture(scope="session")
-def tower_dirs(tmp_path_factory) -> dict[str, Path]:
-    start = time.perf_counter()
-    dirs = ensure_towers(tmp_path_factory.mktemp("towers"))
-    print(f"ensure_towers built the towers in {time.perf_counter() - start:.1f} s")
-    return dirs
-
-
-@pytest.fixture(scope="session")
 def whisper(tower_dirs):
     model, info = AutoModelForSpeechSeq2Seq.from_pretrained(
         tower_dirs["whisper-tiny-en"], output_loading_info=True
