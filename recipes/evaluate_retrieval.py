@@ -212,6 +212,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--output_dir", default=None, help="where eval_results.json goes (default: the model folder)"
     )
+    parser.add_argument(
+        "--check_against",
+        default=None,
+        help="an eval_results.json to reproduce: exit with an error if any figure differs by more than 1e-4",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -238,13 +243,33 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = load_retrieval_dataset(args.dataset, config_name=args.dataset_config_name)
     results = evaluate_model(model, processor, dataset, config)
     output_dir = Path(args.output_dir or args.model)
-    if not output_dir.is_dir():
-        raise ValueError(f"--output_dir {output_dir} is not a folder; pass --output_dir for a Hub model.")
+    if args.output_dir:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    elif not output_dir.is_dir():
+        raise ValueError(f"{output_dir} is not a local folder: pass --output_dir for a Hub model.")
     payload = {"model": args.model, "dataset": args.dataset, "results": results}
     (output_dir / "eval_results.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(format_results(results))
     print(f"\nWrote {output_dir / 'eval_results.json'} in {time.perf_counter() - started:.0f} s.")
+    if args.check_against:
+        differences = compare_results(json.loads(Path(args.check_against).read_text())["results"], results)
+        if differences:
+            raise SystemExit(f"Results differ from {args.check_against}: " + "; ".join(differences[:10]))
+        print(f"Every figure matches {args.check_against} to 1e-4.")
     return payload
+
+
+def compare_results(expected: dict, actual: dict, tolerance: float = 1e-4) -> list[str]:
+    """Figures of `expected` (for the splits `actual` has) that `actual` does not reproduce within `tolerance`."""
+    differences = []
+    for split, split_results in actual.items():
+        for group in ("directions", "composed"):
+            for direction, metrics in split_results[group].items():
+                reference = expected[split][group][direction]
+                for key in ("R@1", "R@5", "R@10", "median_rank", "mean_rank"):
+                    if abs(metrics[key] - reference[key]) > tolerance:
+                        differences.append(f"{split} {direction} {key}: {metrics[key]} vs {reference[key]}")
+    return differences
 
 
 if __name__ == "__main__":

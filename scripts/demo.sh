@@ -1,5 +1,40 @@
 #!/usr/bin/env bash
-# The main job (README's first command, after setup): see README.md "The main job".
+# The main job (the README's first command runs `make demo`, which sets up first, then this):
+#   1. convert the three offline pretrained towers (MiniLM-L6, Whisper tiny.en, EfficientNet-Lite0)
+#   2. build the Tux Paint stamps dataset (real images, human-written descriptions, speech, sound effects)
+#   3. train CMAN (frozen towers + LoRA + fusion transformer + max-margin loss) under `accelerate launch`
+#   4. evaluate all six directions and composed queries on the test splits, write plots, and reload the
+#      saved folder with AutoModel in a fresh process to check it reproduces the stored test metrics
+# Everything lands in outputs/; the log of this script is outputs/demo/demo.log.
+# Re-running continues from the last complete checkpoint of an interrupted run (set FRESH=1 to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python -m recipes.model_summary "$@"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+PY=.venv/bin/python
+CONFIG=${CONFIG:-recipes/configs/cman_stamps.yaml}
+OUT=${OUT:-outputs/demo}
+[[ ${FRESH:-0} == 1 ]] && rm -rf "$OUT"
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/demo.log") 2>&1
+
+timings=()
+step() {  # step NAME COMMAND...: run a step and record its wall time
+  local name=$1 started=$SECONDS
+  shift
+  echo "== [$name] $*"
+  "$@"
+  timings+=("$name $((SECONDS - started))")
+}
+
+step towers $PY -m recipes.towers --output_dir outputs/towers
+step dataset $PY -m recipes.data.stamps --output_dir outputs/data/stamps
+step train_and_evaluate $PY -m accelerate.commands.launch --config_file recipes/accelerate_configs/single_process.yaml \
+  recipes/train_retrieval.py "$CONFIG" --output_dir "$OUT"
+step reload_check $PY recipes/evaluate_retrieval.py --model "$OUT" --dataset outputs/data/stamps \
+  --splits test --output_dir "$OUT/reload_check" --check_against "$OUT/eval_results.json"
+
+echo
+echo "Time per step (s):"
+printf '  %s\n' "${timings[@]}"
+printf '%s\n' "${timings[@]}" | awk '{print "{\"step\": \"" $1 "\", \"seconds\": " $2 "}"}' > "$OUT/timings.jsonl"
+echo "CMAN model, processor, code, eval_results.json and plots: $(cd "$OUT" && pwd)"

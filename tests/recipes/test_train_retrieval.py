@@ -92,8 +92,10 @@ def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduc
     # Another directory, another process, only the folder: the evaluation script gives the same numbers.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    run([sys.executable, str(REPO / "recipes/evaluate_retrieval.py"), "--model", str(output_dir),
-         "--dataset", str(assets["dataset"]), "--splits", "test", "--output_dir", str(elsewhere)], cwd=elsewhere)  # fmt: skip
+    result = run([sys.executable, str(REPO / "recipes/evaluate_retrieval.py"), "--model", str(output_dir),
+                  "--dataset", str(assets["dataset"]), "--splits", "test", "--output_dir", str(elsewhere),
+                  "--check_against", str(output_dir / "eval_results.json")], cwd=elsewhere)  # fmt: skip
+    assert "Every figure matches" in result.stdout
     again = json.loads((elsewhere / "eval_results.json").read_text())["results"]["test"]
     for group in ("directions", "composed"):
         for direction, metrics in recorded[group].items():
