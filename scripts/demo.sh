@@ -28,8 +28,9 @@ step() {  # step NAME COMMAND...: run a step and record its wall time
 
 step towers $PY -m recipes.towers --output_dir outputs/towers
 step dataset $PY -m recipes.data.stamps --output_dir outputs/data/stamps
+# accelerate launch pins OMP_NUM_THREADS to 1 unless told otherwise: give the one process every core.
 step train_and_evaluate $PY -m accelerate.commands.launch --config_file recipes/accelerate_configs/single_process.yaml \
-  recipes/train_retrieval.py "$CONFIG" --output_dir "$OUT"
+  --num_cpu_threads_per_process "$(nproc)" recipes/train_retrieval.py "$CONFIG" --output_dir "$OUT"
 step reload_check $PY recipes/evaluate_retrieval.py --model "$OUT" --dataset outputs/data/stamps \
   --splits test --output_dir "$OUT/reload_check" --check_against "$OUT/eval_results.json"
 
