@@ -204,7 +204,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--audio_column", default="audio")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--id_column", default="id")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="default: the batch size recorded in --check_against, else 32 (captions are padded per batch, so "
+        "reproducing figures exactly needs the same batch size)",
+    )
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--chunk_size", type=int, default=4096)
     parser.add_argument("--faiss_above", type=int, default=200_000)
@@ -218,6 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
         help="an eval_results.json to reproduce: exit with an error if any figure differs by more than 1e-4",
     )
     args = parser.parse_args(argv)
+    expected = json.loads(Path(args.check_against).read_text()) if args.check_against else {}
+    if args.batch_size is None:
+        args.batch_size = expected.get("batch_size", 32)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def none_if_empty(value: str) -> str | None:
@@ -247,12 +256,17 @@ def main(argv: list[str] | None = None) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
     elif not output_dir.is_dir():
         raise ValueError(f"{output_dir} is not a local folder: pass --output_dir for a Hub model.")
-    payload = {"model": args.model, "dataset": args.dataset, "results": results}
+    payload = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "batch_size": args.batch_size,
+        "results": results,
+    }
     (output_dir / "eval_results.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(format_results(results))
     print(f"\nWrote {output_dir / 'eval_results.json'} in {time.perf_counter() - started:.0f} s.")
     if args.check_against:
-        differences = compare_results(json.loads(Path(args.check_against).read_text())["results"], results)
+        differences = compare_results(expected["results"], results)
         if differences:
             raise SystemExit(f"Results differ from {args.check_against}: " + "; ".join(differences[:10]))
         print(f"Every figure matches {args.check_against} to 1e-4.")

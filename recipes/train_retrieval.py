@@ -429,6 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
             payload = {
                 "model": str(output_dir),
                 "dataset": data_args.dataset_name,
+                "batch_size": eval_config.batch_size,
                 "results": results["retrieval"],
             }
             (output_dir / "eval_results.json").write_text(json.dumps(payload, indent=2) + "\n")
