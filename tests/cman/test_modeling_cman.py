@@ -391,3 +391,22 @@ def test_fusion_attention_map_covers_every_token_of_the_fused_sequence():
     torch.testing.assert_close(attention.sum(-1), torch.ones_like(attention.sum(-1)))
     padded_key = 1 + 6  # the first caption is padded from position 6
     assert attention[0, :, :, padded_key].abs().max() == 0
+
+
+def test_encode_gives_every_combination_with_the_towers_run_once():
+    config = tiny_cman_config()
+    model = CmanModel(config).eval()
+    inputs = cman_inputs(config)
+    calls = []
+    model.vision_model.register_forward_hook(lambda *args: calls.append("image"))
+    with torch.no_grad():
+        encoded = model.encode([("text",), ("image",), ("text", "audio"), ("text", "audio", "image")], **inputs)
+        assert calls == ["image"]
+        single = model(**inputs)
+        fused = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                      input_values=inputs["input_values"], fuse=True)  # fmt: skip
+    torch.testing.assert_close(encoded[("text",)], single.text_embeds)
+    torch.testing.assert_close(encoded[("image",)], single.image_embeds)
+    torch.testing.assert_close(encoded[("text", "audio")], fused.fused_embeds)
+    with pytest.raises(ValueError, match="needs inputs"):
+        model.encode([("audio",)], input_ids=inputs["input_ids"])
