@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script (e.g. by accelerate launch): ma
 
 import modeling  # noqa: E402,F401  (registers the families with the Auto classes)
 from modeling.cman import CmanConfig, CmanModel, CmanProcessor, format_parameter_table  # noqa: E402
+from modeling.cman.modeling_cman import TOWER_ATTRIBUTES  # noqa: E402
 from recipes.arguments import parse_recipe_arguments  # noqa: E402
 from recipes.data.retrieval import (  # noqa: E402
     CmanRetrievalCollator,
@@ -49,8 +50,6 @@ from recipes.evaluate_retrieval import RetrievalEvalConfig, evaluate_model, form
 from recipes.retrieval import positives_from_ids, rank_of_positives, retrieval_metrics  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-MODALITIES = ("text", "audio", "image")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -208,13 +207,13 @@ def build_model_and_processor(args: ModelArguments) -> tuple[CmanModel, CmanProc
 
 def lora_targets(model: CmanModel, towers: list[str], last_n: int | None = None) -> list[str]:
     """LoRA target modules of the chosen towers, optionally only the last `last_n` of each (in depth order)."""
-    attributes = {"text": "text_model", "audio": "audio_model", "image": "vision_model"}
-    unknown = set(towers) - set(attributes)
+    unknown = set(towers) - set(TOWER_ATTRIBUTES)
     if unknown:
-        raise ValueError(f"lora_towers must be among {sorted(attributes)}, got {sorted(unknown)}.")
+        raise ValueError(f"lora_towers must be among {sorted(TOWER_ATTRIBUTES)}, got {sorted(unknown)}.")
+    all_targets = model.lora_target_modules()
     targets = []
     for tower in towers:
-        names = [n for n in model.lora_target_modules() if n.startswith(f"{attributes[tower]}.")]
+        names = [n for n in all_targets if n.startswith(f"{TOWER_ATTRIBUTES[tower]}.")]
         targets += names[-last_n:] if last_n else names
     return targets
 
