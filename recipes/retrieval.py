@@ -3,7 +3,8 @@
 Queries and gallery items are L2-normalised embeddings of shape ``(N, D)``; the similarity of a query and a
 gallery item is their dot product. A query may have several correct ("positive") gallery items, e.g. the five
 captions of an image when retrieving text from images; its rank is the 1-based rank of its best-ranked
-positive, and Recall@K is the fraction of queries whose rank is at most K.
+positive, and Recall@K is the fraction of queries whose rank is at most K. Ties are ranked pessimistically: a
+gallery item scoring the same as the best positive is ranked ahead of it (see `rank_of_positives`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ RECALL_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "retrieval_re
 
 _HNSW_M = 32
 
+# Tie tolerance: a score within ``_TIE_RTOL * |query| * max |gallery item|`` (that product bounds every score
+# of the query's row, and is 1 for L2-normalised embeddings) of the best positive's score counts as a tie.
+# Identical embeddings usually score bit-identically within one matrix product, but FAISS's kernels, the
+# directly computed score of a positive and torch's matrix product round float32 sums differently (by up to
+# a few 1e-7 for 512-d unit vectors). Without a tolerance a collapsed model could still win ties by rounding
+# luck, and the torch and FAISS paths would disagree on them. 1e-6 is about 8 float32 ulps at 1, far below
+# any score difference that separates two real candidates.
+_TIE_RTOL = 1e-6
+
 
 def rank_of_positives(
     query_embeds: torch.Tensor,
@@ -39,20 +49,28 @@ def rank_of_positives(
     faiss_top_k: int = 1000,
     nprobe: int = 32,
 ) -> torch.Tensor:
-    """Returns the 1-based rank of each query's best-ranked positive gallery item.
+    """Returns the pessimistic 1-based rank of each query's best-ranked positive gallery item.
 
-    The rank of a query is ``1 + #{gallery items scoring strictly higher than its best positive}``: ties
-    between a positive and other items are resolved in favour of the positive, so a duplicated gallery item
-    never pushes a positive down.
+    The rank of a query is ``1 + #{non-positive gallery items scoring >= its best positive}``: ties are
+    ranked pessimistically, every item tied with the best positive is placed ahead of it, so ranks are
+    integers and Recall@K stays a plain ``rank <= K``. The query's other positives never count against it
+    (a query's rank is that of its first positive, whichever of several tied positives that is). A collapsed
+    model whose embeddings are all identical thus gets rank ``N_g - P + 1`` for a query with ``P`` positives
+    (``N_g`` for one), not rank 1. Scores within ``1e-6 * |query| * max |gallery item|`` of the best
+    positive's score count as ties, so float rounding of identical embeddings cannot break them.
 
     Galleries of at most ``faiss_above`` items are scored exactly with torch, ``chunk_size`` queries at a
     time: only a ``(chunk_size, N_g)`` score block is held in memory and rows are never sorted. Larger
     galleries are searched with a FAISS index (``"flat"``: exact ``IndexFlatIP``; ``"ivf"``: ``IndexIVFFlat``
     with ``nlist ~ sqrt(N_g)`` lists, ``nprobe`` of them searched; ``"hnsw"``: ``IndexHNSWFlat``) for the top
-    ``faiss_top_k`` items per query. A query whose positives are not among them (nor tied with the last of
-    them) gets rank ``min(faiss_top_k + 1, N_g)``, so on that path Recall@K for ``K <= faiss_top_k`` is
-    exact with ``"flat"`` (approximate with ``"ivf"``/``"hnsw"``) while median and mean ranks are lower
-    bounds.
+    ``faiss_top_k + P_max`` items per query, ``P_max`` being the largest number of positives of a query. A
+    query gets the rank above when fewer than ``faiss_top_k`` non-positive items score ``>=`` its best
+    positive, which the list then shows in full, and ``min(faiss_top_k + 1, N_g)`` otherwise: when its
+    positives are not in the list, or when the list's last item ties the best positive (at least
+    ``faiss_top_k`` non-positive items tie or beat it). Ranks above ``faiss_top_k`` are reported as
+    ``faiss_top_k + 1``, so on that path the ranks equal the torch path's clamped to ``faiss_top_k + 1``
+    with ``"flat"`` (Recall@K for ``K <= faiss_top_k`` is exact; approximate with ``"ivf"``/``"hnsw"``)
+    while median and mean ranks are lower bounds.
 
     Args:
         query_embeds: ``(N_q, D)`` float query embeddings.
@@ -329,6 +347,7 @@ def _ranks_torch(
     device = query.device
     # Counts are summed in the score dtype, exact for integers up to 2 / eps (2**24 for float32).
     count_step = int(2 / torch.finfo(query.dtype).eps)
+    tie_scale = _TIE_RTOL * gallery.norm(dim=1).max()  # times |query|: the tie tolerance of each row
     offsets = _row_offsets(rows, num_queries)
     rows, cols = rows.to(device), cols.to(device)
     ranks = torch.empty(num_queries, dtype=torch.long)
@@ -337,16 +356,18 @@ def _ranks_torch(
         sims = query[start:end] @ gallery.T  # (c, N_g)
         lo, hi = offsets[start], offsets[end]
         local_rows, local_cols = rows[lo:hi] - start, cols[lo:hi]
-        # Best positive score per query, read from the same score block so ties compare exactly.
+        # Best positive score per query, read from the same score block as the candidates' scores.
         best = sims.new_full((end - start,), -math.inf)
         best.scatter_reduce_(0, local_rows, sims[local_rows, local_cols], reduce="amax")  # (c,)
-        above = torch.zeros(end - start, dtype=torch.long, device=device)
+        threshold = best - tie_scale * query[start:end].norm(dim=1)  # scores >= threshold tie or beat it
+        sims[local_rows, local_cols] = -math.inf  # a query's own positives never count against it
+        ahead = torch.zeros(end - start, dtype=torch.long, device=device)
         for col in range(0, num_gallery, count_step):
             # In-place comparison and float sum: summing a bool comparison would allocate an int64
             # copy of the whole block.
-            above += sims[:, col : col + count_step].gt_(best[:, None]).sum(1).long()
+            ahead += sims[:, col : col + count_step].ge_(threshold[:, None]).sum(1).long()
         del sims  # otherwise two score blocks are alive while the next one is computed
-        ranks[start:end] = above.cpu() + 1
+        ranks[start:end] = ahead.cpu() + 1
     return ranks
 
 
@@ -361,32 +382,45 @@ def _ranks_faiss(
     nprobe: int,
 ) -> torch.Tensor:
     num_queries, num_gallery = query_embeds.shape[0], gallery_embeds.shape[0]
+    offsets = _row_offsets(rows, num_queries)
+    # With P positives in a list of k + P_max items, a full list whose last score still ties the best
+    # positive holds at least k non-positive items tying or beating it: the rank is then known to exceed k.
+    max_positives = max(b - a for a, b in zip(offsets[:-1], offsets[1:], strict=True))
+    search_k = min(top_k + max_positives, num_gallery)
     index = build_faiss_index(gallery_embeds, index_type, nprobe)
     if index_type == "hnsw":
-        index.hnsw.efSearch = max(top_k, 64)
+        index.hnsw.efSearch = max(search_k, 64)
     queries, gallery = _to_faiss(query_embeds), _to_faiss(gallery_embeds)
-    offsets = _row_offsets(rows, num_queries)
+    tie_scale = _TIE_RTOL * float(np.linalg.norm(gallery, axis=1).max())  # as in `_ranks_torch`
+    censored = min(top_k + 1, num_gallery)
     rows, cols = rows.numpy(), cols.numpy()
     # Each (query, positive) pair as one sorted int64 key for vectorised membership tests.
     positive_keys = np.sort(rows * num_gallery + cols)
     ranks = np.empty(num_queries, dtype=np.int64)
     for start in range(0, num_queries, chunk_size):
         end = min(start + chunk_size, num_queries)
-        scores, ids = index.search(queries[start:end], top_k)  # (c, k), ids == -1 where fewer results
+        scores, ids = index.search(queries[start:end], search_k)  # (c, k'), ids == -1 where fewer results
         keys = np.arange(start, end)[:, None] * num_gallery + ids
         slots = np.minimum(np.searchsorted(positive_keys, keys), len(positive_keys) - 1)
-        is_positive = (ids >= 0) & (positive_keys[slots] == keys)  # (c, k)
+        valid = ids >= 0
+        is_positive = valid & (positive_keys[slots] == keys)  # (c, k')
         found = is_positive.any(axis=1)
-        # A positive tied with the k-th score can be left out of the list: score it directly.
+        # A positive missing from the list (below or tied with its last score, or missed by an approximate
+        # index) is scored directly.
         lo, hi = offsets[start], offsets[end]
         own = np.full(end - start, -np.inf, dtype=np.float32)
         np.maximum.at(
             own, rows[lo:hi] - start, np.einsum("pd,pd->p", queries[rows[lo:hi]], gallery[cols[lo:hi]])
         )
-        at_boundary = ~found & (ids[:, -1] >= 0) & (own >= scores[:, -1])
+        # A listed positive's score comes from the same kernel as the other listed scores.
         best = np.where(found, np.where(is_positive, scores, -np.inf).max(axis=1), own)  # (c,)
-        above = (scores > best[:, None]).sum(axis=1)
-        ranks[start:end] = np.where(found | at_boundary, above + 1, min(top_k + 1, num_gallery))
+        threshold = best - tie_scale * np.linalg.norm(queries[start:end], axis=1)
+        ahead = (valid & ~is_positive & (scores >= threshold[:, None])).sum(axis=1)
+        full = valid[:, -1]
+        # Every item tying or beating the best positive is listed when the whole gallery is, or when the
+        # list's last score is below the tie threshold; a short list (approximate index) is all there is.
+        known = np.where(full, (search_k == num_gallery) | (scores[:, -1] < threshold), found)
+        ranks[start:end] = np.where(known, np.minimum(ahead + 1, top_k + 1), censored)
     return torch.from_numpy(ranks)
 
 

@@ -35,13 +35,13 @@ def _random_positives(generator: torch.Generator, num_queries: int, num_gallery:
 
 
 def _full_sort_ranks(query: torch.Tensor, gallery: torch.Tensor, positives: list[list[int]]) -> torch.Tensor:
-    """Reference: sort every full row, ties ordered positives first, and find the first positive."""
+    """Reference: sort every full row, ties ordered positives last (pessimistic), and find the first positive."""
     sims = (query.double() @ gallery.double().T).numpy()
     ranks = []
     for row, pos in zip(sims, positives, strict=True):
         is_positive = np.zeros(len(row), dtype=bool)
         is_positive[pos] = True
-        order = np.lexsort((~is_positive, -row))
+        order = np.lexsort((is_positive, -row))
         ranks.append(int(np.flatnonzero(is_positive[order])[0]) + 1)
     return torch.tensor(ranks)
 
@@ -59,12 +59,48 @@ def test_ranks_match_full_sort_reference(chunk_size, tied):
     assert torch.equal(ranks, _full_sort_ranks(query, gallery, positives))
 
 
-def test_ties_favour_the_positive():
+_PATHS = {
+    "torch": {"faiss_above": None},
+    "faiss": {"faiss_above": 0},
+    "faiss_top_2": {"faiss_above": 0, "faiss_top_k": 2},
+}
+
+
+@pytest.mark.parametrize("rounded", [False, True])
+@pytest.mark.parametrize("path", list(_PATHS))
+def test_collapsed_embeddings_get_the_worst_rank(path, rounded):
+    generator = torch.Generator().manual_seed(5)
+    embedding = _normalized(generator, 1, dim=512)
+    gallery = embedding.expand(40, -1)
+    if rounded:  # unit vectors equal to `embedding` up to float rounding (some differ in the last bits)
+        gallery = torch.nn.functional.normalize(embedding * torch.linspace(0.5, 3.0, 40)[:, None], dim=1)
+        assert not torch.equal(gallery, embedding.expand(40, -1))
+    query = embedding.expand(9, -1)
+
+    ranks = rank_of_positives(query, gallery, torch.arange(9), **_PATHS[path])
+
+    worst = 3 if path == "faiss_top_2" else 40  # the FAISS path reports ranks above top_k as top_k + 1
+    assert ranks.tolist() == [worst] * 9
+    assert retrieval_metrics(ranks, ks=(1, 2))["R@1"] == 0.0
+    grouped = rank_of_positives(query, gallery, [list(range(i, i + 5)) for i in range(9)], **_PATHS[path])
+    assert grouped.tolist() == [min(worst, 40 - 5 + 1)] * 9  # every tied positive of the group but one
+
+
+@pytest.mark.parametrize("path", list(_PATHS))
+def test_partial_ties_are_ranked_pessimistically(path):
     gallery = torch.eye(4)[[0, 1, 1, 1, 2]]  # items 1-3 are duplicates
     query = torch.eye(4)[[1]]
-    assert rank_of_positives(query, gallery, [[3]]).tolist() == [1]
-    assert rank_of_positives(query, gallery, [[4]]).tolist() == [4]
-    assert rank_of_positives(query, gallery, [[3]], faiss_above=0).tolist() == [1]
+
+    def rank(positives):
+        return rank_of_positives(query, gallery, positives, **_PATHS[path]).tolist()
+
+    clamp = 3 if path == "faiss_top_2" else 5
+
+    assert rank([[3]]) == [3]  # behind its two duplicates
+    assert rank([[1, 3]]) == [2]  # its tied group mate does not count, the other duplicate does
+    assert rank([[1, 2, 3]]) == [1]
+    assert rank([[4]]) == [min(5, clamp)]  # below items 1-3 and tied with item 0
+    assert rank([[0, 4]]) == [min(4, clamp)]
 
 
 def test_tensor_positives_match_list_positives():
@@ -95,6 +131,29 @@ def test_faiss_flat_matches_torch(tied):
     assert torch.equal(top_20, exact.clamp(max=21))
     censored, uncensored = retrieval_metrics(top_20, ks=(1, 10, 20)), retrieval_metrics(exact, ks=(1, 10, 20))
     assert all(censored[f"R@{k}"] == uncensored[f"R@{k}"] for k in (1, 10, 20))
+
+
+def test_faiss_flat_matches_torch_on_rounded_duplicates():
+    generator = torch.Generator().manual_seed(6)
+    distinct = _normalized(generator, 60, dim=64)
+    # Each item 5 times in the gallery, equal up to float rounding (rescaled, then renormalised).
+    sources = torch.arange(60).repeat(5)[torch.randperm(300, generator=generator)]
+    gallery = torch.nn.functional.normalize(
+        distinct[sources] * (1 + torch.rand(300, 1, generator=generator)), dim=1
+    )
+    noisy = torch.nn.functional.normalize(distinct[40:] + 0.1 * _normalized(generator, 20, dim=64), dim=1)
+    query = torch.cat([distinct[:40], noisy])
+    # Queries 0-39: one copy of their own item is the positive, the other four tie with it (no ties beyond).
+    positives = [[int((sources == i).nonzero()[0])] for i in range(40)]
+    positives += _random_positives(generator, 20, 300)
+    exact = rank_of_positives(query, gallery, positives, faiss_above=None)
+
+    full = rank_of_positives(query, gallery, positives, faiss_above=0, faiss_top_k=300, chunk_size=17)
+    top_10 = rank_of_positives(query, gallery, positives, faiss_above=0, faiss_top_k=10)
+
+    assert exact[:40].tolist() == [5] * 40
+    assert torch.equal(full, exact)
+    assert torch.equal(top_10, exact.clamp(max=11))
 
 
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])

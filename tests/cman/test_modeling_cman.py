@@ -400,7 +400,9 @@ def test_encode_gives_every_combination_with_the_towers_run_once():
     calls = []
     model.vision_model.register_forward_hook(lambda *args: calls.append("image"))
     with torch.no_grad():
-        encoded = model.encode([("text",), ("image",), ("text", "audio"), ("text", "audio", "image")], **inputs)
+        encoded = model.encode(
+            [("text",), ("image",), ("text", "audio"), ("text", "audio", "image")], **inputs
+        )
         assert calls == ["image"]
         single = model(**inputs)
         fused = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
