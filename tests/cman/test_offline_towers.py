@@ -126,6 +126,21 @@ def test_lora_targets_attention_and_pointwise_convolutions_only(towers_model):
     assert all(modules[t].groups == 1 for t in image)  # depthwise convolutions cannot take LoRA
 
 
+def test_recipe_lora_targets_last_n_per_tower(towers_model):
+    from recipes.train_retrieval import lora_targets
+
+    model, _ = towers_model
+    every = model.lora_target_modules()
+    targets = lora_targets(model, ["text", "audio", "image"], last_n=4, last_n_per_tower={"audio": None})
+    audio = [t for t in targets if t.startswith("audio_model.")]
+    assert audio == [t for t in every if t.startswith("audio_model.")]  # every Whisper q/v projection
+    text = [t for t in targets if t.startswith("text_model.")]
+    assert text == [t for t in every if t.startswith("text_model.")][-4:]  # the last 4 of MiniLM
+    assert lora_targets(model, ["text"], last_n_per_tower={"text": 2}) == text[-2:]
+    with pytest.raises(ValueError, match="lora_last_n_per_tower"):
+        lora_targets(model, ["text"], last_n_per_tower={"speech": 2})
+
+
 def test_batchnorm_of_the_frozen_image_tower_stays_in_eval_mode(towers_model, inputs):
     model, _ = towers_model
     peft_model = model.apply_lora(r=4, alpha=8, dropout=0.0)
