@@ -1,0 +1,121 @@
+"""How well does Whisper tiny.en understand a split's speech? An ASR-cascade reference for text <-> speech retrieval.
+
+Transcribes the ``audio`` of a stamps split with the offline Whisper tiny.en tower (greedy decoding, the standard
+30 s window, nothing trained), then ranks speech against descriptions by the cosine of frozen MiniLM-L6 embeddings
+of transcript and description. It prints the word error rate and text -> speech / speech -> text R@1 and R@10 per
+speech source (piper-tts, espeak-ng, a person), with the same pessimistic tie rule and duplicate-description
+positives as ``recipes/evaluate_retrieval.py``. With ``--tts espeak-ng`` the split's descriptions are spoken again
+by espeak-ng with the builder's voices, to compare the two synthetic voices on the same texts.
+
+No model is trained here: the figures say how much of the speech a pretrained recogniser gets right, which bounds
+what a text <-> speech model built on the same audio tower can be expected to reach.
+
+Usage::
+
+    python benchmarks/speech_transcripts.py --dataset outputs/data/stamps --split test
+    python benchmarks/speech_transcripts.py --dataset outputs/data/stamps --split test --tts espeak-ng
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recipes.data.stamps import espeak_voice, normalize_description, synthesize  # noqa: E402
+from recipes.retrieval import positives_from_ids, rank_of_positives, retrieval_metrics  # noqa: E402
+
+
+def transcribe(waves: list[np.ndarray], whisper_dir: str, batch_size: int) -> list[str]:
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    model = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
+    processor = WhisperProcessor.from_pretrained(whisper_dir)
+    transcripts = []
+    for start in tqdm(range(0, len(waves), batch_size), desc="Transcribing", unit="batch"):
+        features = processor.feature_extractor(
+            waves[start : start + batch_size], sampling_rate=16_000, return_tensors="pt"
+        ).input_features
+        with torch.no_grad():
+            ids = model.generate(features, max_new_tokens=64)
+        transcripts += processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return [t.strip() for t in transcripts]
+
+
+def embed(texts: list[str], minilm_dir: str) -> torch.Tensor:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer, model = AutoTokenizer.from_pretrained(minilm_dir), AutoModel.from_pretrained(minilm_dir).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None]
+    return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="outputs/data/stamps")
+    parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--towers", default="outputs/towers", help="Output folder of `python -m recipes.towers`."
+    )
+    parser.add_argument("--tts", choices=["dataset", "espeak-ng"], default="dataset")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="Greedy decoding is fastest on one thread.")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    import datasets
+    import jiwer
+
+    split = datasets.load_from_disk(args.dataset)[args.split]
+    texts, ids = list(split["text"]), [normalize_description(t) for t in split["text"]]
+    if args.tts == "espeak-ng":
+        waves, sources = [], []
+        for row_id, text in zip(tqdm(split["id"], desc="espeak-ng", unit="row"), texts, strict=True):
+            voice, rate = espeak_voice(row_id)
+            waves.append(sf.read(io.BytesIO(synthesize(text, voice, rate)), dtype="float32")[0])
+            sources.append("espeak-ng")
+    else:
+        waves = [row["audio"]["array"] for row in split]
+        sources = [source.split(":")[0] for source in split["audio_source"]]
+    transcripts = transcribe(waves, f"{args.towers}/whisper-tiny-en", args.batch_size)
+    text_embeds = embed(texts, f"{args.towers}/minilm-l6")
+    speech_embeds = embed(transcripts, f"{args.towers}/minilm-l6")
+
+    print(f"\n{args.split} of {args.dataset}, speech from {args.tts}: {len(texts)} rows")
+    print("| speech | rows | WER | text→speech R@1 | R@10 | speech→text R@1 | R@10 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    groups = {"all": list(range(len(texts)))}
+    for source in sorted(set(sources)):
+        groups[source] = [i for i, s in enumerate(sources) if s == source]
+    for name, rows in groups.items():
+        # Queries are this group's rows; the gallery is always the whole split.
+        cells = []
+        for query, gallery in ((text_embeds, speech_embeds), (speech_embeds, text_embeds)):
+            positives = positives_from_ids([ids[i] for i in rows], ids)
+            ranks = rank_of_positives(query[rows], gallery, positives)
+            metrics = retrieval_metrics(ranks)
+            cells += [f"{metrics['R@1']:.3f}", f"{metrics['R@10']:.3f}"]
+        wer = jiwer.wer(
+            [normalize_description(texts[i]) for i in rows],
+            [normalize_description(transcripts[i]) or "-" for i in rows],
+        )
+        print(f"| {name} | {len(rows)} | {wer:.3f} | " + " | ".join(cells) + " |")
+    print("\nFirst transcripts:")
+    for text, transcript, source in list(zip(texts, transcripts, sources, strict=True))[:8]:
+        print(f"  [{source}] {text!r} -> {transcript!r}")
+
+
+if __name__ == "__main__":
+    main()
