@@ -6,7 +6,7 @@ the weights and `AutoModel.from_pretrained(folder, trust_remote_code=True)` load
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from .cman import CmanConfig, CmanModel, CmanProcessor
+from .cman import CmanConfig, CmanModel, CmanProcessor, CmanTranscribingProcessor
 
 
 def _register(config_class, model_class, processor_class=None) -> None:
@@ -20,5 +20,7 @@ def _register(config_class, model_class, processor_class=None) -> None:
 
 
 _register(CmanConfig, CmanModel, CmanProcessor)
+# The processor of a CMAN that transcribes its audio (`transcribe_audio`); saved folders name it in their auto_map.
+CmanTranscribingProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["CmanConfig", "CmanModel", "CmanProcessor"]
+__all__ = ["CmanConfig", "CmanModel", "CmanProcessor", "CmanTranscribingProcessor"]

@@ -30,9 +30,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from recipes.data.retrieval import (  # noqa: E402
     CmanRetrievalCollator,
     RetrievalColumns,
+    add_transcripts,
     load_retrieval_dataset,
     prepare_for_lazy_decoding,
     resolve_columns,
+    transcribes_audio,
 )
 from recipes.retrieval import (  # noqa: E402
     chance_median_rank,
@@ -155,6 +157,15 @@ def evaluate_model(model, processor, dataset_dict, config: RetrievalEvalConfig) 
         if config.max_items is not None:
             dataset = dataset.select(range(min(config.max_items, len(dataset))))
         dataset = prepare_for_lazy_decoding(dataset, config.columns)
+        if transcribes_audio(model) and config.columns.audio in dataset.column_names:
+            dataset = add_transcripts(
+                dataset,
+                model,
+                processor,
+                config.columns,
+                config.batch_size,
+                description=f"transcribing {split}",
+            )
         collator = CmanRetrievalCollator(processor, columns=config.columns)
         results[split] = evaluate_split(model, collator, dataset, config, split)
     return results

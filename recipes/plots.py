@@ -14,10 +14,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from modeling.cman.modeling_cman import MODALITY_TYPE_IDS  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
-MODALITY_COLOURS = {"text": "tab:blue", "audio": "tab:orange", "image": "tab:green", "cls": "tab:gray"}
-TYPE_NAMES = {0: "text", 1: "audio", 2: "image", 3: "cls"}
+MODALITY_COLOURS = {
+    "text": "tab:blue",
+    "audio": "tab:orange",
+    "transcript": "tab:purple",
+    "image": "tab:green",
+    "cls": "tab:gray",
+}
+TYPE_NAMES = {type_id: name for name, type_id in MODALITY_TYPE_IDS.items()}
+LEGEND_NAMES = {
+    "cls": "pooling",
+    "text": "text",
+    "audio": "audio",
+    "transcript": "transcript",
+    "image": "image",
+}
 
 
 def plot_loss(log_history: list[dict], path: Path) -> Path:
@@ -105,17 +120,16 @@ def plot_fusion_attention(
     top.bar(range(len(types)), last[0], color=[MODALITY_COLOURS[t] for t in types], width=1.0)
     top.set_ylabel("attention")
     top.set_title(f"Pooling token attention, last fusion layer\n{caption[:90]!r}", fontsize=10)
-    handles = [
-        plt.Rectangle((0, 0), 1, 1, color=MODALITY_COLOURS[m]) for m in ("cls", "text", "audio", "image")
-    ]
-    top.legend(handles, ["pooling", "text", "audio", "image"], ncol=4, fontsize=8)
+    shown = [name for name in LEGEND_NAMES if name in types]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=MODALITY_COLOURS[name]) for name in shown]
+    top.legend(handles, [LEGEND_NAMES[name] for name in shown], ncol=len(shown), fontsize=8)
     top.set_xlim(-0.5, len(types) - 0.5)
     image = bottom.imshow(last, aspect="auto", cmap="viridis")
     bounds = [i for i in range(1, len(types)) if types[i] != types[i - 1]]
     for b in bounds:
         bottom.axhline(b - 0.5, color="white", linewidth=0.6)
         bottom.axvline(b - 0.5, color="white", linewidth=0.6)
-    bottom.set_xlabel("key token (pooling | text | audio | image)")
+    bottom.set_xlabel(f"key token ({' | '.join(LEGEND_NAMES[name] for name in dict.fromkeys(types))})")
     bottom.set_ylabel("query token")
     fig.colorbar(image, ax=bottom, fraction=0.03)
     fig.tight_layout()
@@ -129,7 +143,13 @@ def write_run_plots(
     output_dir: Path, model, processor, dataset, split: str | None, columns, max_items: int = 200
 ) -> list[Path]:
     """All plots of a finished run, from `trainer_state.json`, `eval_results.json` and the model itself."""
-    from recipes.data.retrieval import CmanRetrievalCollator, prepare_for_lazy_decoding, resolve_columns
+    from recipes.data.retrieval import (
+        CmanRetrievalCollator,
+        add_transcripts,
+        prepare_for_lazy_decoding,
+        resolve_columns,
+        transcribes_audio,
+    )
     from recipes.evaluate_retrieval import embed_dataset
 
     output_dir = Path(output_dir)
@@ -147,6 +167,8 @@ def write_run_plots(
     if split and split in dataset:
         subset = dataset[split].select(range(min(max_items, len(dataset[split]))))
         subset = prepare_for_lazy_decoding(subset, columns)
+        if transcribes_audio(model) and columns.audio in subset.column_names:
+            subset = add_transcripts(subset, model, processor, columns, description="transcribing (plots)")
         collator = CmanRetrievalCollator(processor, columns=columns)
         modalities = resolve_columns(subset, columns, None)
         embeds, _ = embed_dataset(model, collator, subset, [(m,) for m in modalities], description="t-SNE")

@@ -42,9 +42,11 @@ from recipes.arguments import parse_recipe_arguments  # noqa: E402
 from recipes.data.retrieval import (  # noqa: E402
     CmanRetrievalCollator,
     RetrievalColumns,
+    add_transcripts,
     load_retrieval_dataset,
     prepare_for_lazy_decoding,
     resolve_columns,
+    transcribes_audio,
 )
 from recipes.evaluate_retrieval import RetrievalEvalConfig, evaluate_model, format_results  # noqa: E402
 from recipes.retrieval import positives_from_ids, rank_of_positives, retrieval_metrics  # noqa: E402
@@ -206,7 +208,11 @@ def build_model_and_processor(args: ModelArguments) -> tuple[CmanModel, CmanProc
     )
     model = CmanModel.from_encoders_pretrained(config) if args.load_tower_weights else CmanModel(config)
     processor = CmanProcessor.from_towers(
-        towers["text"], towers["audio"], towers["vision"], audio_window_seconds=args.audio_window_seconds
+        towers["text"],
+        towers["audio"],
+        towers["vision"],
+        audio_window_seconds=args.audio_window_seconds,
+        transcribe_audio=config.transcribe_audio,
     )
     return model, processor
 
@@ -383,6 +389,31 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Model
     model, processor = build_model_and_processor(model_args)
+    if transcribes_audio(model) and "audio" in modalities:
+        # The speech recogniser is frozen: each split is transcribed once, before training.
+        transcribing = time.perf_counter()
+        train_dataset = add_transcripts(
+            train_dataset,
+            model,
+            processor,
+            columns,
+            training_args.per_device_eval_batch_size,
+            data_args.skip_bad_rows,
+            f"Transcribing {data_args.train_split}",
+        )
+        if eval_dataset is not None:
+            eval_dataset = add_transcripts(
+                eval_dataset,
+                model,
+                processor,
+                columns,
+                training_args.per_device_eval_batch_size,
+                data_args.skip_bad_rows,
+                f"Transcribing {data_args.eval_split}",
+            )
+        logger.info(
+            "Transcribed the training and validation audio in %.0f s", time.perf_counter() - transcribing
+        )
     if model_args.use_lora:
         model = model.apply_lora(
             r=model_args.lora_r,

@@ -20,6 +20,7 @@ from recipes.data.retrieval import (
     BadRowError,
     CmanRetrievalCollator,
     RetrievalColumns,
+    add_transcripts,
     caption_group_id,
     load_retrieval_dataset,
     metadata_json_to_dataset,
@@ -431,3 +432,55 @@ def test_train_crop_draws_a_window_of_long_clips(tmp_path, processor):
     collator = CmanRetrievalCollator(processor, train=True)
     peaks = [first_frame_peak(collator(rows)) for _ in range(6)]
     assert sum(peak > start for peak in peaks) >= 4, (start, peaks)
+
+
+# ------------------------------------------------------------------------------------------------ transcripts
+@pytest.fixture(scope="module")
+def transcribing(tmp_path_factory):
+    """A tiny CMAN whose random tiny Whisper transcribes (deterministically), and its processor."""
+    from modeling.cman import CmanModel
+    from tests.tiny import save_tiny_whisper, tiny_transcribing_config, tiny_transcribing_processor
+
+    root = tmp_path_factory.mktemp("transcribing")
+    whisper = save_tiny_whisper(root / "whisper")
+    model = CmanModel.from_encoders_pretrained(tiny_transcribing_config(whisper)).eval()
+    return model, tiny_transcribing_processor(root / "processor", whisper)
+
+
+def test_add_transcripts_writes_what_the_recognizer_hears_and_the_collator_feeds_it(dataset, transcribing):
+    model, processor = transcribing
+    with_transcripts = add_transcripts(dataset, model, processor, batch_size=3)
+    assert with_transcripts.column_names == [*dataset.column_names, "transcript"]
+    rows = [with_transcripts[i] for i in range(len(dataset))]
+    # The same as transcribing each clip on its own, by hand.
+    single = CmanRetrievalCollator(processor, modalities=("audio",))
+    for row in rows:
+        features = single([row])["input_features"]
+        assert row["transcript"] == processor.decode_transcripts(model.transcribe(features))[0]
+    assert len({row["transcript"] for row in rows}) > 1
+    batch = CmanRetrievalCollator(processor)(rows)
+    expected = processor(
+        audio=[np.zeros(10, np.float32)] * 4, sampling_rate=16000, transcripts=[r["transcript"] for r in rows]
+    )
+    torch.testing.assert_close(batch["transcript_input_ids"], expected["transcript_input_ids"])
+    with torch.no_grad():
+        embeds = model.encode(
+            [("audio",), ("text", "audio")], **{k: v for k, v in batch.items() if k != "group_ids"}
+        )
+    assert embeds[("audio",)].shape == (4, 16)
+    # A second call replaces the column rather than adding another.
+    assert add_transcripts(with_transcripts, model, processor).column_names == with_transcripts.column_names
+
+
+def test_add_transcripts_names_a_bad_row_or_leaves_it_empty_when_asked(
+    dataset, transcribing, tmp_path, caplog
+):
+    model, processor = transcribing
+    rows = corrupt(dataset, tmp_path, "missing file")
+    broken = datasets.Dataset.from_list(rows, features=dataset.features)
+    with pytest.raises(BadRowError, match="Row id='r1', column 'audio'.*gone.wav does not exist"):
+        add_transcripts(broken, model, processor)
+    with caplog.at_level(logging.WARNING, logger="recipes.data.retrieval"):
+        skipped = add_transcripts(broken, model, processor, skip_bad_rows=True)
+    assert skipped["transcript"][1] == "" and "id='r1'" in caplog.text
+    assert skipped["transcript"][0] == add_transcripts(dataset, model, processor)["transcript"][0]

@@ -72,6 +72,7 @@ def tiny_whisper_config(max_source_positions: int = 50) -> WhisperConfig:
         decoder_ffn_dim=37,
         max_source_positions=max_source_positions,
         max_target_positions=20,
+        init_std=0.5,  # large random weights: the decoder's output then depends on the audio
     )
 
 
@@ -143,7 +144,8 @@ def save_tiny_pretrained_towers(root: str | Path) -> dict[str, Path]:
 
 
 def save_tiny_whisper(folder: str | Path, max_source_positions: int = 50) -> Path:
-    """A random tiny full Whisper (encoder + decoder) checkpoint with its feature extractor."""
+    """A random tiny full Whisper (encoder + decoder) checkpoint with its generation config, feature extractor and
+    a tokenizer (the tiny byte-level BPE: it decodes the decoder's ids, all below its vocabulary size)."""
     from transformers import WhisperForConditionalGeneration
 
     folder = Path(folder)
@@ -151,7 +153,42 @@ def save_tiny_whisper(folder: str | Path, max_source_positions: int = 50) -> Pat
     WhisperFeatureExtractor(feature_size=MEL_BINS, chunk_length=max_source_positions // 50).save_pretrained(
         folder
     )
+    tiny_tokenizer(folder)
     return folder
+
+
+def tiny_transcribing_config(whisper: str | Path, **overrides) -> CmanConfig:
+    """A tiny CMAN whose Whisper tower (saved by `save_tiny_whisper`) also transcribes the audio."""
+    fields = dict(
+        fusion_hidden_size=32,
+        fusion_num_hidden_layers=1,
+        fusion_num_attention_heads=4,
+        fusion_intermediate_size=64,
+        fusion_max_position_embeddings=64,
+        projection_dim=16,
+        fusion_dropout=0.0,
+        transcribe_audio=True,
+        transcript_max_new_tokens=6,
+    )
+    fields.update(overrides)
+    return CmanConfig.from_towers(
+        text=tiny_text_config(), audio=str(whisper), vision=tiny_vision_config(), **fields
+    )
+
+
+def tiny_transcribing_processor(folder: str | Path, whisper: str | Path):
+    """The processor of `tiny_transcribing_config`: tiny text tokenizer, the Whisper folder's feature extractor and
+    tokenizer, tiny ViT image processor."""
+    from transformers import AutoTokenizer
+
+    from modeling.cman import CmanTranscribingProcessor
+
+    return CmanTranscribingProcessor(
+        tokenizer=tiny_tokenizer(Path(folder) / "tokenizer"),
+        feature_extractor=WhisperFeatureExtractor.from_pretrained(whisper),
+        image_processor=ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        transcript_tokenizer=AutoTokenizer.from_pretrained(whisper),
+    )
 
 
 def random_batch(batch_size: int = 3, seed: int = 0) -> dict:

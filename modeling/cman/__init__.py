@@ -8,7 +8,7 @@ from .modeling_cman import (
     format_parameter_table,
     parameter_counts,
 )
-from .processing_cman import CmanProcessor
+from .processing_cman import CmanProcessor, CmanTranscribingProcessor
 
 __all__ = [
     "CmanConfig",
@@ -16,6 +16,7 @@ __all__ = [
     "CmanOutput",
     "CmanPreTrainedModel",
     "CmanProcessor",
+    "CmanTranscribingProcessor",
     "format_parameter_table",
     "parameter_counts",
 ]

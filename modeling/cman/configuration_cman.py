@@ -48,6 +48,16 @@ class CmanConfig(PreTrainedConfig):
             [`CmanModel.from_encoders_pretrained`]. Recorded in the config so a saved model names its bases.
         freeze_encoders (`bool`, defaults to `True`):
             Freeze the three towers (adapt them with LoRA through [`CmanModel.apply_lora`]).
+        transcribe_audio (`bool`, defaults to `False`): with a Whisper audio tower, also read what is said. A frozen
+            copy of the pretrained Whisper (encoder and decoder, `speech_recognizer`) transcribes each clip greedily
+            ([`CmanModel.transcribe`]); the transcript goes through the text tower and the text projection and joins
+            the audio tokens in the fusion transformer as its own segment. The recogniser never trains (LoRA does not
+            touch it), so transcripts of a dataset can be computed once and reused.
+        transcript_max_new_tokens (`int`, defaults to 24), transcript_repetition_penalty (`float`, defaults to 1.5):
+            greedy decoding settings of the transcripts (short clips; the penalty stops Whisper's repetition loops
+            on a short window).
+        speech_recognizer_generation_config (`dict`, *optional*): the Whisper checkpoint's generation config (its
+            special tokens and suppressed tokens), recorded by [`CmanConfig.from_towers`].
         audio_token_stride (`int`, defaults to 1): average-pool the audio tower's tokens over this many frames before
             fusion (Whisper emits 50 tokens per second; a stride of 2-4 keeps speech intelligible at a fraction
             of the fusion cost).
@@ -97,6 +107,10 @@ class CmanConfig(PreTrainedConfig):
     vision_model_name_or_path: str | None = None
     freeze_encoders: bool = True
     audio_token_stride: int = 1
+    transcribe_audio: bool = False
+    transcript_max_new_tokens: int = 24
+    transcript_repetition_penalty: float = 1.5
+    speech_recognizer_generation_config: dict | None = None
 
     fusion_hidden_size: int = 512
     fusion_num_hidden_layers: int = 6
@@ -145,6 +159,7 @@ class CmanConfig(PreTrainedConfig):
             "fusion_max_position_embeddings",
             "projection_dim",
             "audio_token_stride",
+            "transcript_max_new_tokens",
         ):
             if getattr(self, field) < 1:
                 raise ValueError(
@@ -168,6 +183,15 @@ class CmanConfig(PreTrainedConfig):
             raise ValueError(f"CmanConfig.margin must be >= 0, got {self.margin}.")
         if self.temperature <= 0:
             raise ValueError(f"CmanConfig.temperature must be > 0, got {self.temperature}.")
+        if self.transcript_repetition_penalty <= 0:
+            raise ValueError(
+                f"CmanConfig.transcript_repetition_penalty must be > 0, got {self.transcript_repetition_penalty}."
+            )
+        if self.transcribe_audio and self.audio_config.model_type != "whisper":
+            raise ValueError(
+                "CmanConfig.transcribe_audio=True needs a Whisper audio tower (its decoder transcribes the clips); "
+                f"the audio tower is {self.audio_config.model_type!r}. Set transcribe_audio=False."
+            )
         for field, allowed in (
             ("text_config", TEXT_MODEL_TYPES),
             ("audio_config", AUDIO_MODEL_TYPES),
@@ -212,7 +236,8 @@ class CmanConfig(PreTrainedConfig):
         recorded so [`CmanModel.from_encoders_pretrained`] loads its weights), a config object (a tower trained from
         scratch), or `None` for the default (RoBERTa-base, AST, ViT-B/16 configs, random weights).
 
-        `audio_window_seconds` shortens a Whisper encoder to that window (e.g. 5.0 -> 250 positions).
+        `audio_window_seconds` shortens a Whisper encoder to that window (e.g. 5.0 -> 250 positions). With
+        `transcribe_audio=True`, the Whisper checkpoint's generation config is recorded for the speech recogniser.
 
         Example:
         ```python
@@ -234,6 +259,17 @@ class CmanConfig(PreTrainedConfig):
                 tower_config.is_encoder_decoder = False
             sub_configs[f"{modality}_config"] = tower_config
             names[f"{modality}_model_name_or_path"] = str(tower)
+            if modality == "audio" and kwargs.get("transcribe_audio"):
+                from transformers import GenerationConfig
+
+                try:
+                    generation_config = GenerationConfig.from_pretrained(tower)
+                except OSError as error:
+                    raise ValueError(
+                        f"transcribe_audio=True needs the Whisper checkpoint's generation_config.json, which {tower} "
+                        "lacks; save the full WhisperForConditionalGeneration checkpoint there."
+                    ) from error
+                kwargs.setdefault("speech_recognizer_generation_config", generation_config.to_dict())
         audio_config = sub_configs.get("audio_config")
         if audio_window_seconds is not None:
             if audio_config is None or audio_config.model_type != "whisper":

@@ -3,6 +3,8 @@ over the tokens of whichever modalities are present, and one L2-normalised embed
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +25,9 @@ from .configuration_cman import CmanConfig
 logger = logging.get_logger(__name__)
 
 MODALITIES = ("text", "audio", "image")
-# Modality-type ids of the fusion tokens; the pooling token has its own id.
-MODALITY_TYPE_IDS = {"text": 0, "audio": 1, "image": 2, "cls": 3}
+# Type ids of the fusion tokens: one per modality, the pooling token, and the transcript of the audio (text-tower
+# tokens of what the speech recogniser heard, part of the audio input).
+MODALITY_TYPE_IDS = {"text": 0, "audio": 1, "image": 2, "cls": 3, "transcript": 4}
 # Tower attribute of each modality (the image tower is named after its config, `vision_config`).
 TOWER_ATTRIBUTES = {"text": "text_model", "audio": "audio_model", "image": "vision_model"}
 # Attention projections LoRA adapts in each supported tower (depthwise convolutions cannot take LoRA).
@@ -415,7 +418,27 @@ def load_pretrained_tower_state(tower: nn.Module, name_or_path: str, modality: s
     pretrained = AutoModel.from_pretrained(name_or_path, **kwargs)
     if getattr(pretrained.config, "model_type", None) == "whisper":
         pretrained = pretrained.get_encoder()
-    source = pretrained.state_dict()
+    copy_matching_state(tower, pretrained.state_dict(), name_or_path, modality)
+
+
+def speech_recognizer_config(config: CmanConfig):
+    """The `WhisperConfig` of the speech recogniser: the audio tower's (same window), encoder and decoder."""
+    recognizer = copy.deepcopy(config.audio_config)
+    recognizer.is_encoder_decoder = True
+    return recognizer
+
+
+def load_pretrained_recognizer_state(recognizer: nn.Module, name_or_path: str, **kwargs) -> None:
+    """Load a full Whisper checkpoint (encoder and decoder) into the speech recogniser, strictly, slicing the encoder
+    positions to the recogniser's window."""
+    from transformers import WhisperForConditionalGeneration
+
+    pretrained = WhisperForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
+    copy_matching_state(recognizer, pretrained.state_dict(), name_or_path, "audio")
+
+
+def copy_matching_state(tower: nn.Module, source: dict, name_or_path: str, modality: str) -> None:
+    """Copy the state dict `source` into `tower` strictly (see [`load_pretrained_tower_state`])."""
     target = tower.state_dict()
     state, unused = {}, []
     for key, value in source.items():
@@ -451,6 +474,24 @@ def load_pretrained_tower_state(tower: nn.Module, name_or_path: str, modality: s
             f"Ignoring {len(unexpected)} weights of {name_or_path} CMAN does not use: {unexpected[:5]}"
         )
     tower.load_state_dict(state, strict=True)
+
+
+@contextlib.contextmanager
+def _quiet_generation_logs():
+    """Whisper's `generate` logs, on every call, notes about settings it fills in itself (suppressed tokens, its
+    `max_length` next to `max_new_tokens`, the decoder's attention mask); silence them for one call."""
+    loggers = [
+        logging.get_logger(name)
+        for name in ("transformers.generation.utils", "transformers.models.whisper.generation_whisper")
+    ]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -500,7 +541,9 @@ class CmanModel(CmanPreTrainedModel):
     Cross-Modal Attention Network. Pass any subset of `input_ids`/`attention_mask` (text), `input_features` or
     `input_values` (audio: Whisper log-mel or AST filter banks) and `pixel_values` (images). Each modality gets its own
     embedding through the fusion transformer; with `fuse=True` and two or more modalities the fused (composed-query)
-    embedding is returned too.
+    embedding is returned too. With `config.transcribe_audio`, the audio also carries its transcript
+    (`transcript_input_ids`, from [`transcribe`]): the frozen `speech_recognizer` hears the words, the text tower reads
+    them, and the fusion transformer sees them next to the sound.
     """
 
     accepts_loss_kwargs = False
@@ -516,6 +559,16 @@ class CmanModel(CmanPreTrainedModel):
         self.vision_projection = nn.Linear(tower_hidden_size(self.vision_model), hidden)
         self.fusion_encoder = CmanFusionEncoder(config)
         self.embedding_projection = nn.Linear(hidden, config.projection_dim, bias=False)
+        # A frozen pretrained Whisper that transcribes the audio; never trained, never adapted.
+        self.speech_recognizer = None
+        if config.transcribe_audio:
+            from transformers import GenerationConfig, WhisperForConditionalGeneration
+
+            self.speech_recognizer = WhisperForConditionalGeneration(speech_recognizer_config(config))
+            if config.speech_recognizer_generation_config:
+                self.speech_recognizer.generation_config = GenerationConfig.from_dict(
+                    config.speech_recognizer_generation_config
+                )
         # A learned InfoNCE temperature (log of the inverse, as in CLIP); otherwise `config.temperature` is used.
         self.logit_scale = None
         if config.loss_type == "infonce" and config.learn_temperature:
@@ -524,6 +577,8 @@ class CmanModel(CmanPreTrainedModel):
         if config.freeze_encoders:
             for tower in self.towers().values():
                 tower.requires_grad_(False)
+        if self.speech_recognizer is not None:
+            self.speech_recognizer.requires_grad_(False)
 
     # ---------------------------------------------------------------- helpers
     def get_input_embeddings(self) -> nn.Module:
@@ -543,6 +598,8 @@ class CmanModel(CmanPreTrainedModel):
                 for module in tower.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
                         module.eval()
+        if self.speech_recognizer is not None:
+            self.speech_recognizer.eval()
         return self
 
     @classmethod
@@ -563,6 +620,15 @@ class CmanModel(CmanPreTrainedModel):
                 load_pretrained_tower_state(
                     model.towers()[modality], name, modality, **from_pretrained_kwargs
                 )
+        if model.speech_recognizer is not None:
+            if not config.audio_model_name_or_path:
+                raise ValueError(
+                    "transcribe_audio=True needs a pretrained Whisper checkpoint (audio_model_name_or_path) for the "
+                    "speech recogniser; a recogniser with random weights transcribes nothing."
+                )
+            load_pretrained_recognizer_state(
+                model.speech_recognizer, config.audio_model_name_or_path, **from_pretrained_kwargs
+            )
         return model
 
     def lora_target_modules(self) -> list[str]:
@@ -632,16 +698,7 @@ class CmanModel(CmanPreTrainedModel):
 
     def _audio_tokens(self, input_features=None, input_values=None, audio_attention_mask=None):
         if self.config.audio_config.model_type == "whisper":
-            if input_features is None:
-                raise ValueError(
-                    "The Whisper audio tower takes `input_features` (log-mel); use the CmanProcessor."
-                )
-            expected = 2 * self.config.audio_config.max_source_positions
-            if input_features.shape[-1] != expected:
-                raise ValueError(
-                    f"`input_features` has {input_features.shape[-1]} frames but the audio tower's window takes "
-                    f"{expected} ({self.config.audio_window_seconds} s); use the processor saved with this model."
-                )
+            self._check_whisper_features(input_features)
             hidden = self.audio_model(input_features).last_hidden_state  # (B, frames / 2, d)
             if audio_attention_mask is not None:
                 # Stride-2 convolution: one token per two frames.
@@ -662,6 +719,90 @@ class CmanModel(CmanPreTrainedModel):
             hidden = F.avg_pool1d(hidden.transpose(1, 2), stride, stride, ceil_mode=True).transpose(1, 2)
             mask = F.max_pool1d(mask[:, None].float(), stride, stride, ceil_mode=True)[:, 0].bool()
         return self.audio_projection(hidden), mask
+
+    @torch.no_grad()
+    def transcribe(
+        self,
+        input_features: torch.Tensor,
+        audio_attention_mask: torch.Tensor | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """
+        Greedy transcripts of the clips by the frozen speech recogniser (`config.transcribe_audio`): Whisper token ids
+        `(batch_size, length)`. Decode them with `CmanProcessor.decode_transcripts` and pass the text back to the
+        processor as `transcripts=` to embed the audio.
+
+        Example:
+        ```python
+        >>> inputs = processor(audio=waves, sampling_rate=16000)
+        >>> transcripts = processor.decode_transcripts(model.transcribe(**inputs))
+        >>> inputs = processor(audio=waves, sampling_rate=16000, transcripts=transcripts)
+        >>> audio_embeds = model.get_audio_features(**inputs)
+        ```"""
+        if self.speech_recognizer is None:
+            raise ValueError(
+                "This CMAN has no speech recogniser (config.transcribe_audio=False); its audio embedding does not "
+                "use transcripts."
+            )
+        self._check_whisper_features(input_features)
+        generation_config = copy.deepcopy(self.speech_recognizer.generation_config)
+        generation_config.update(
+            max_new_tokens=self.config.transcript_max_new_tokens,
+            max_length=None,
+            repetition_penalty=self.config.transcript_repetition_penalty,
+            do_sample=False,
+            num_beams=1,
+        )
+        generation_config.update(**generate_kwargs)
+        was_training = self.speech_recognizer.training
+        self.speech_recognizer.eval()
+        with _quiet_generation_logs():
+            ids = self.speech_recognizer.generate(
+                input_features=input_features.to(self.speech_recognizer.dtype),
+                generation_config=generation_config,
+            )
+        self.speech_recognizer.train(was_training)
+        return ids
+
+    def _check_whisper_features(self, input_features: torch.Tensor | None) -> None:
+        if input_features is None:
+            raise ValueError(
+                "The Whisper audio tower takes `input_features` (log-mel); use the CmanProcessor."
+            )
+        expected = 2 * self.config.audio_config.max_source_positions
+        if input_features.shape[-1] != expected:
+            raise ValueError(
+                f"`input_features` has {input_features.shape[-1]} frames but the audio tower's window takes "
+                f"{expected} ({self.config.audio_window_seconds} s); use the processor saved with this model."
+            )
+
+    def _audio_segments(
+        self,
+        input_features=None,
+        input_values=None,
+        audio_attention_mask=None,
+        transcript_input_ids=None,
+        transcript_attention_mask=None,
+    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """The audio input as fusion segments: the audio tower's tokens and, with `transcribe_audio`, the transcript's."""
+        segments = [("audio", *self._audio_tokens(input_features, input_values, audio_attention_mask))]
+        if self.config.transcribe_audio:
+            if transcript_input_ids is None:
+                raise ValueError(
+                    "This CMAN reads a transcript next to the audio (config.transcribe_audio=True): pass "
+                    "`transcript_input_ids`. Get them with `transcripts = processor.decode_transcripts("
+                    "model.transcribe(**inputs))`, then `processor(audio=..., sampling_rate=..., "
+                    "transcripts=transcripts)`."
+                )
+            segments.append(
+                ("transcript", *self._text_tokens(transcript_input_ids, transcript_attention_mask))
+            )
+        elif transcript_input_ids is not None:
+            raise ValueError(
+                "`transcript_input_ids` were passed, but this CMAN does not read transcripts "
+                "(config.transcribe_audio=False)."
+            )
+        return segments
 
     def _image_tokens(self, pixel_values):
         if self.config.vision_config.model_type == "timm_wrapper":
@@ -689,10 +830,20 @@ class CmanModel(CmanPreTrainedModel):
         input_features: torch.Tensor | None = None,
         input_values: torch.Tensor | None = None,
         audio_attention_mask: torch.Tensor | None = None,
+        transcript_input_ids: torch.Tensor | None = None,
+        transcript_attention_mask: torch.Tensor | None = None,
+        **kwargs,
     ) -> torch.Tensor:
-        """L2-normalised audio embeddings `(batch_size, projection_dim)`."""
+        """L2-normalised audio embeddings `(batch_size, projection_dim)` (with `transcribe_audio`, pass the
+        transcripts too: see [`transcribe`])."""
         return self._embed(
-            [("audio", *self._audio_tokens(input_features, input_values, audio_attention_mask))]
+            self._audio_segments(
+                input_features,
+                input_values,
+                audio_attention_mask,
+                transcript_input_ids,
+                transcript_attention_mask,
+            )
         )[0]
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -700,22 +851,40 @@ class CmanModel(CmanPreTrainedModel):
         return self._embed([("image", *self._image_tokens(pixel_values))])[0]
 
     def _segments(
-        self, input_ids, attention_mask, input_features, input_values, audio_attention_mask, pixel_values
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Projected tokens `(B, L, fusion_hidden)` and masks `(B, L)` of each modality passed (towers run once)."""
+        self,
+        input_ids,
+        attention_mask,
+        input_features,
+        input_values,
+        audio_attention_mask,
+        pixel_values,
+        transcript_input_ids=None,
+        transcript_attention_mask=None,
+    ) -> dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
+        """The fusion segments of each modality passed: `(type, tokens (B, L, fusion_hidden), mask (B, L))`, one per
+        modality, plus the transcript's for audio with `transcribe_audio` (towers run once)."""
         segments = {}
         if input_ids is not None:
-            segments["text"] = self._text_tokens(input_ids, attention_mask)
+            segments["text"] = [("text", *self._text_tokens(input_ids, attention_mask))]
         if input_features is not None or input_values is not None:
-            segments["audio"] = self._audio_tokens(input_features, input_values, audio_attention_mask)
+            segments["audio"] = self._audio_segments(
+                input_features,
+                input_values,
+                audio_attention_mask,
+                transcript_input_ids,
+                transcript_attention_mask,
+            )
+        elif transcript_input_ids is not None:
+            raise ValueError("`transcript_input_ids` describe audio: pass the audio (`input_features`) too.")
         if pixel_values is not None:
-            segments["image"] = self._image_tokens(pixel_values)
+            segments["image"] = [("image", *self._image_tokens(pixel_values))]
         if not segments:
             raise ValueError(
                 "CmanModel needs at least one modality: input_ids (text), input_features/input_values (audio) or "
                 "pixel_values (images)."
             )
-        sizes = {modality: tokens.shape[0] for modality, (tokens, _) in segments.items()}
+        sizes = {modality: parts[0][1].shape[0] for modality, parts in segments.items()}
+        sizes.update({kind: tokens.shape[0] for parts in segments.values() for kind, tokens, _ in parts})
         if len(set(sizes.values())) > 1:
             raise ValueError(f"All modalities must have the same batch size, got {sizes}.")
         return segments
@@ -729,6 +898,8 @@ class CmanModel(CmanPreTrainedModel):
         input_values: torch.Tensor | None = None,
         audio_attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        transcript_input_ids: torch.Tensor | None = None,
+        transcript_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> dict[tuple[str, ...], torch.Tensor]:
         """
@@ -737,14 +908,21 @@ class CmanModel(CmanPreTrainedModel):
         query) embeddings, each `(batch_size, projection_dim)` and L2-normalised.
         """
         segments = self._segments(
-            input_ids, attention_mask, input_features, input_values, audio_attention_mask, pixel_values
+            input_ids,
+            attention_mask,
+            input_features,
+            input_values,
+            audio_attention_mask,
+            pixel_values,
+            transcript_input_ids,
+            transcript_attention_mask,
         )
         embeddings = {}
         for combination in combinations:
             missing = [m for m in combination if m not in segments]
             if missing or not combination:
                 raise ValueError(f"Combination {combination} needs inputs for {missing or 'some modality'}.")
-            ordered = [(m, *segments[m]) for m in MODALITIES if m in combination]
+            ordered = [part for m in MODALITIES if m in combination for part in segments[m]]
             embeddings[tuple(combination)] = self._embed(ordered)[0]
         return embeddings
 
@@ -757,6 +935,8 @@ class CmanModel(CmanPreTrainedModel):
         input_values: torch.Tensor | None = None,
         audio_attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        transcript_input_ids: torch.Tensor | None = None,
+        transcript_attention_mask: torch.Tensor | None = None,
         group_ids: torch.Tensor | None = None,
         fuse: bool = False,
         return_loss: bool | None = None,
@@ -764,6 +944,9 @@ class CmanModel(CmanPreTrainedModel):
         **kwargs,
     ) -> CmanOutput:
         r"""
+        transcript_input_ids / transcript_attention_mask (`torch.LongTensor` of shape `(batch_size, length)`):
+            The text-tower tokens of the audio's transcripts; required with audio when `config.transcribe_audio`
+            (see [`transcribe`]).
         group_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Rows with the same id describe the same thing (e.g. a duplicated caption); the loss never uses them as
             negatives of each other.
@@ -775,20 +958,27 @@ class CmanModel(CmanPreTrainedModel):
             Return the fusion attention probabilities of the fused sequence (or of the only modality passed).
         """
         segments = self._segments(
-            input_ids, attention_mask, input_features, input_values, audio_attention_mask, pixel_values
+            input_ids,
+            attention_mask,
+            input_features,
+            input_values,
+            audio_attention_mask,
+            pixel_values,
+            transcript_input_ids,
+            transcript_attention_mask,
         )
         fused_attention_wanted = output_attentions and (len(segments) == 1 or fuse)
         embeds, attentions, type_ids = {}, None, None
-        for modality, (tokens, mask) in segments.items():
+        for modality, parts in segments.items():
             want = fused_attention_wanted and len(segments) == 1
-            embeds[modality], layer_attentions, layer_types = self._embed([(modality, tokens, mask)], want)
+            embeds[modality], layer_attentions, layer_types = self._embed(parts, want)
             if want:
                 attentions, type_ids = layer_attentions, layer_types
         fused = None
         if fuse:
             if len(segments) < 2:
                 raise ValueError("`fuse=True` needs two or more modalities in the same call.")
-            ordered = [(m, *segments[m]) for m in MODALITIES if m in segments]
+            ordered = [part for m in MODALITIES if m in segments for part in segments[m]]
             fused, layer_attentions, layer_types = self._embed(ordered, fused_attention_wanted)
             if fused_attention_wanted:
                 attentions, type_ids = layer_attentions, layer_types
@@ -857,6 +1047,7 @@ PARAMETER_GROUPS = {
     "vision_projection": "modality projections",
     "fusion_encoder": "fusion transformer",
     "embedding_projection": "embedding projection",
+    "speech_recognizer": "speech recogniser (frozen)",
     "logit_scale": "temperature",
 }
 

@@ -61,9 +61,12 @@ class CmanProcessor(ProcessorMixin):
         vision: str | os.PathLike,
         *,
         audio_window_seconds: float | None = None,
+        transcribe_audio: bool = False,
         **kwargs,
     ) -> CmanProcessor:
-        """Assemble the processor from the three towers' own preprocessing (Hub ids or folders)."""
+        """Assemble the processor from the three towers' own preprocessing (Hub ids or folders). With
+        `transcribe_audio=True` (a CMAN whose Whisper also transcribes), a [`CmanTranscribingProcessor`] that keeps
+        the Whisper tokenizer to decode the transcripts."""
         feature_extractor = AutoFeatureExtractor.from_pretrained(audio)
         if audio_window_seconds is not None:
             if not hasattr(feature_extractor, "chunk_length"):
@@ -76,12 +79,16 @@ class CmanProcessor(ProcessorMixin):
                 n_fft=feature_extractor.n_fft,
                 padding_value=feature_extractor.padding_value,
             )
-        return cls(
+        parts = dict(
             tokenizer=AutoTokenizer.from_pretrained(text),
             feature_extractor=feature_extractor,
             image_processor=AutoImageProcessor.from_pretrained(vision),
-            **kwargs,
         )
+        if transcribe_audio:
+            return CmanTranscribingProcessor(
+                **parts, transcript_tokenizer=AutoTokenizer.from_pretrained(audio), **kwargs
+            )
+        return cls(**parts, **kwargs)
 
     @property
     def sampling_rate(self) -> int:
@@ -102,6 +109,8 @@ class CmanProcessor(ProcessorMixin):
             "input_features",
             "input_values",
             "audio_attention_mask",
+            "transcript_input_ids",
+            "transcript_attention_mask",
             "pixel_values",
         ]
 
@@ -111,6 +120,7 @@ class CmanProcessor(ProcessorMixin):
         audio=None,
         images=None,
         sampling_rate: int | None = None,
+        transcripts: str | Sequence[str] | None = None,
         return_tensors: str = "pt",
         **kwargs,
     ) -> BatchFeature:
@@ -121,9 +131,12 @@ class CmanProcessor(ProcessorMixin):
                 torch tensors or lists of floats, all at `sampling_rate` Hz; resampled to the feature extractor's rate.
             images: an image or a list of images (PIL images, numpy arrays `(H, W[, C])`, torch tensors or file paths).
             sampling_rate: sampling rate of `audio` in Hz (required with audio).
+            transcripts: what is said in each clip of `audio` (a CMAN with `transcribe_audio` reads it next to the
+                sound; see `CmanModel.transcribe`). Tokenized like `text`; an empty transcript (no speech) is allowed.
         Returns:
             `BatchFeature` with `input_ids`/`attention_mask`, `input_features` (+`audio_attention_mask`) or
-            `input_values`, and `pixel_values`, for the modalities passed.
+            `input_values`, `transcript_input_ids`/`transcript_attention_mask` and `pixel_values`, for the inputs
+            passed.
         """
         if text is None and audio is None and images is None:
             raise ValueError("CmanProcessor needs at least one of `text=`, `audio=` or `images=`.")
@@ -146,6 +159,26 @@ class CmanProcessor(ProcessorMixin):
             waves = self._check_audio(audio, sampling_rate)
             lengths["audio"] = len(waves)
             data.update(self._audio_features(waves, return_tensors))
+        if transcripts is not None:
+            if audio is None:
+                raise ValueError("`transcripts=` describe audio clips: pass the clips as `audio=` too.")
+            said = [transcripts] if isinstance(transcripts, str) else list(transcripts)
+            for index, item in enumerate(said):
+                if not isinstance(item, str):
+                    raise TypeError(f"transcripts[{index}] is a {type(item).__name__}, expected a string.")
+            if len(said) != lengths["audio"]:
+                raise ValueError(
+                    f"Got {len(said)} transcripts for {lengths['audio']} audio clips; give one per clip."
+                )
+            tokens = self.tokenizer(
+                said,
+                padding=True,
+                truncation=True,
+                max_length=self.text_max_length,
+                return_tensors=return_tensors,
+            )
+            data["transcript_input_ids"] = tokens["input_ids"]
+            data["transcript_attention_mask"] = tokens["attention_mask"]
         if images is not None:
             pictures = self._check_images(images)
             lengths["images"] = len(pictures)
@@ -286,4 +319,43 @@ class CmanProcessor(ProcessorMixin):
         return {"input_values": features["input_values"]}
 
 
-__all__ = ["CmanProcessor"]
+class CmanTranscribingProcessor(CmanProcessor):
+    r"""
+    A [`CmanProcessor`] for a CMAN whose Whisper also transcribes the audio (`CmanConfig.transcribe_audio`): it keeps
+    the Whisper tokenizer (`transcript_tokenizer`) to turn the ids of `CmanModel.transcribe` into text, which goes
+    back into the processor as `transcripts=` and through the text tower's tokenizer.
+
+    Args:
+        tokenizer, feature_extractor, image_processor: as in [`CmanProcessor`].
+        transcript_tokenizer: the speech recogniser's tokenizer (`WhisperTokenizer`).
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        feature_extractor=None,
+        image_processor=None,
+        transcript_tokenizer=None,
+        max_audio_seconds: float = 60.0,
+        text_max_length: int = 64,
+        **kwargs,
+    ):
+        super().__init__(
+            tokenizer,
+            feature_extractor,
+            image_processor,
+            max_audio_seconds=max_audio_seconds,
+            text_max_length=text_max_length,
+            transcript_tokenizer=transcript_tokenizer,
+            **kwargs,
+        )
+
+    def decode_transcripts(self, transcript_ids) -> list[str]:
+        """Text of the Whisper token ids `CmanModel.transcribe` returns (special tokens dropped, spaces stripped)."""
+        return [
+            text.strip()
+            for text in self.transcript_tokenizer.batch_decode(transcript_ids, skip_special_tokens=True)
+        ]
+
+
+__all__ = ["CmanProcessor", "CmanTranscribingProcessor"]

@@ -63,12 +63,15 @@ class RetrievalColumns:
     """Column names of a retrieval dataset; `None` means the modality (or the row id) is not used.
 
     The id column is optional: without it, rows are named by their position in the batch in error messages.
+    `transcript` is the column [`add_transcripts`] writes for a CMAN that reads transcripts next to the audio; the
+    collator passes it to the processor when the rows have it.
     """
 
     text: str | None = "text"
     audio: str | None = "audio"
     image: str | None = "image"
     id: str | None = "id"
+    transcript: str | None = "transcript"
 
     def column(self, modality: str) -> str | None:
         return getattr(self, modality)
@@ -348,6 +351,8 @@ class CmanRetrievalCollator:
         if "audio" in modalities:
             inputs["audio"] = [item["audio"] for item in items]
             inputs["sampling_rate"] = self.processor.sampling_rate
+            if "transcript" in items[0]:
+                inputs["transcripts"] = [item["transcript"] for item in items]
         if "image" in modalities:
             inputs["images"] = [item["image"] for item in items]
         batch = dict(self.processor(**inputs, return_tensors="pt"))
@@ -373,6 +378,8 @@ class CmanRetrievalCollator:
             item["text"] = caption
         if "audio" in modalities:
             item["audio"] = self._load_audio(row[self.columns.audio], self.columns.audio, bad, rng)
+            if self.columns.transcript is not None and self.columns.transcript in row:
+                item["transcript"] = row[self.columns.transcript] or ""
         if "image" in modalities:
             item["image"] = _load_image(row[self.columns.image], self.columns.image, bad)
         if isinstance(caption, str) and normalise_caption(caption):
@@ -415,6 +422,71 @@ class CmanRetrievalCollator:
         rng = np.random.default_rng([self.seed, worker.seed if worker is not None else 0, self._step])
         self._step += 1
         return rng
+
+
+# ------------------------------------------------------------------------------------------------ transcripts
+@torch.no_grad()
+def add_transcripts(
+    dataset: datasets.Dataset,
+    model,
+    processor,
+    columns: RetrievalColumns | None = None,
+    batch_size: int = 64,
+    skip_bad_rows: bool = False,
+    description: str = "Transcribing",
+) -> datasets.Dataset:
+    """
+    Add the `columns.transcript` column: what the model's frozen speech recogniser hears in each row's audio
+    (`CmanModel.transcribe`, greedy, on the window the audio tower sees). A CMAN with `transcribe_audio` reads it
+    next to the sound. The recogniser never trains, so a dataset is transcribed once per run, not once per epoch.
+
+    `dataset` must carry undecoded media (see [`prepare_for_lazy_decoding`]). An existing column of that name is
+    replaced. With `skip_bad_rows=True`, a row whose audio cannot be decoded gets an empty transcript (the collator
+    then skips and counts it); otherwise its `BadRowError` is raised.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    columns = columns if columns is not None else RetrievalColumns()
+    if columns.audio is None or columns.audio not in dataset.column_names:
+        raise ValueError(
+            f"add_transcripts needs the audio column {columns.audio!r}; columns: {dataset.column_names}."
+        )
+    if columns.transcript is None:
+        raise ValueError("add_transcripts needs `RetrievalColumns.transcript`, the column to write.")
+    collator = CmanRetrievalCollator(processor, columns=columns, modalities=("audio",))
+    audio_only = dataset.select_columns([c for c in (columns.audio, columns.id) if c in dataset.column_names])
+    device = next(model.parameters()).device
+    transcripts: list[str] = []
+    loader = DataLoader(audio_only, batch_size=batch_size, collate_fn=lambda rows: rows)
+    for rows in tqdm(loader, desc=description, unit="batch", leave=False):
+        try:
+            batches = [(collator(rows), len(rows))]
+        except BadRowError:
+            if not skip_bad_rows:
+                raise
+            batches = []
+            for row in rows:
+                try:
+                    batches.append((collator([row]), 1))
+                except BadRowError as error:
+                    logger.warning(f"No transcript for a bad row: {error}")
+                    batches.append((None, 1))
+        for batch, size in batches:
+            if batch is None:
+                transcripts.extend([""] * size)
+                continue
+            ids = model.transcribe(batch["input_features"].to(device), batch.get("audio_attention_mask"))
+            transcripts.extend(processor.decode_transcripts(ids))
+    if columns.transcript in dataset.column_names:
+        logger.info(f"Replacing the existing {columns.transcript!r} column with the model's transcripts.")
+        dataset = dataset.remove_columns(columns.transcript)
+    return dataset.add_column(columns.transcript, transcripts)
+
+
+def transcribes_audio(model) -> bool:
+    """Whether `model` (a CMAN, possibly PEFT-wrapped) reads transcripts next to its audio."""
+    return bool(getattr(getattr(model, "config", None), "transcribe_audio", False))
 
 
 def _source(value: Any, column: str, bad: RowError) -> bytes | str:

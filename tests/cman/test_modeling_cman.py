@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel, BertConfig
 
 from modeling.cman import CmanConfig, CmanModel, format_parameter_table, parameter_counts
-from modeling.cman.modeling_cman import max_margin_loss
+from modeling.cman.modeling_cman import MODALITY_TYPE_IDS, max_margin_loss
 from tests.modeling_common import ModelTesterMixin
 from tests.tiny import (
     AUDIO_FRAMES,
@@ -14,6 +14,8 @@ from tests.tiny import (
     save_tiny_pretrained_towers,
     save_tiny_whisper,
     tiny_cman_config,
+    tiny_transcribing_config,
+    tiny_whisper_config,
 )
 
 BATCH = 4
@@ -412,3 +414,92 @@ def test_encode_gives_every_combination_with_the_towers_run_once():
     torch.testing.assert_close(encoded[("text", "audio")], fused.fused_embeds)
     with pytest.raises(ValueError, match="needs inputs"):
         model.encode([("audio",)], input_ids=inputs["input_ids"])
+
+
+# ---------------------------------------------------------------------------------------------- transcripts
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory):
+    return save_tiny_whisper(tmp_path_factory.mktemp("whisper"), max_source_positions=50)
+
+
+def transcript_inputs(batch_size: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    transcript_ids = torch.randint(5, 300, (batch_size, 5), generator=generator)
+    return {
+        "input_features": torch.randn(batch_size, MEL_BINS, 100, generator=generator),
+        "transcript_input_ids": transcript_ids,
+        "transcript_attention_mask": torch.ones_like(transcript_ids),
+    }
+
+
+def test_transcribe_audio_needs_a_whisper_tower_and_its_checkpoint():
+    with pytest.raises(ValueError, match="transcribe_audio=True needs a Whisper audio tower"):
+        tiny_cman_config(transcribe_audio=True)  # AST audio tower
+    config = tiny_cman_config(audio_config=tiny_whisper_config(), transcribe_audio=True)
+    with pytest.raises(ValueError, match="audio_model_name_or_path"):
+        CmanModel.from_encoders_pretrained(config)
+
+
+def test_the_transcript_joins_the_audio_as_its_own_fusion_segment(tiny_whisper):
+    model = CmanModel.from_encoders_pretrained(tiny_transcribing_config(tiny_whisper)).eval()
+    inputs = transcript_inputs()
+    with torch.no_grad():
+        output = model(**inputs, output_attentions=True)
+        other = model.get_audio_features(
+            **{**inputs, "transcript_input_ids": inputs["transcript_input_ids"].flip(0)}
+        )
+    types = output.fusion_token_type_ids.tolist()
+    assert types.count(MODALITY_TYPE_IDS["transcript"]) == 5 and MODALITY_TYPE_IDS["audio"] in types
+    torch.testing.assert_close(output.audio_embeds, model.get_audio_features(**inputs))
+    assert not torch.allclose(other, output.audio_embeds)  # what was said changes the audio embedding
+    with pytest.raises(ValueError, match="transcript_input_ids.*processor.decode_transcripts"):
+        model.get_audio_features(input_features=inputs["input_features"])
+    plain = CmanModel(tiny_cman_config(audio_config=tiny_whisper_config())).eval()
+    with pytest.raises(ValueError, match="does not read transcripts"):
+        plain.get_audio_features(**inputs)
+    with pytest.raises(ValueError, match="no speech recogniser"):
+        plain.transcribe(inputs["input_features"])
+
+
+def test_the_speech_recognizer_is_the_pretrained_whisper_and_never_trains(tiny_whisper, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    model = CmanModel.from_encoders_pretrained(tiny_transcribing_config(tiny_whisper))
+    pretrained = WhisperForConditionalGeneration.from_pretrained(tiny_whisper)
+    torch.testing.assert_close(model.speech_recognizer.state_dict(), pretrained.state_dict())
+    features = transcript_inputs()["input_features"]
+    expected = pretrained.generate(
+        input_features=features,
+        max_new_tokens=6,
+        repetition_penalty=model.config.transcript_repetition_penalty,
+    )
+    before = model.transcribe(features)
+    assert torch.equal(before, expected)
+    assert not torch.equal(model.transcribe(features + torch.randn_like(features)), before)  # it listens
+    with torch.no_grad():
+        tower_before = model.audio_model(features).last_hidden_state
+    peft_model = model.apply_lora(r=4, alpha=8, dropout=0.0)
+    assert not any(
+        "speech_recognizer" in name for name, p in peft_model.named_parameters() if p.requires_grad
+    )
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:  # adapters that change the audio tower
+            torch.nn.init.normal_(parameter, std=1.0)
+    with torch.no_grad():
+        assert not torch.allclose(model.audio_model(features).last_hidden_state, tower_before)  # LoRA acts
+    peft_model.train()
+    assert not model.speech_recognizer.training
+    peft_model(
+        **transcript_inputs(), input_ids=torch.randint(5, 300, (3, 7)), return_loss=True
+    ).loss.backward()
+    assert all(p.grad is None for p in model.speech_recognizer.parameters())
+    merged = peft_model.merge_and_unload()
+    assert torch.equal(merged.transcribe(features), before)  # merging LoRA leaves the recogniser untouched
+    merged.save_pretrained(tmp_path / "cman")
+    reloaded = CmanModel.from_pretrained(tmp_path / "cman").eval()
+    assert torch.equal(reloaded.transcribe(features), before)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded.get_audio_features(**transcript_inputs()),
+            merged.eval().get_audio_features(**transcript_inputs()),
+        )

