@@ -2,7 +2,8 @@
 # The main job (the README's first command runs `make demo`, which sets up first, then this):
 #   1. convert the three offline pretrained towers (MiniLM-L6, Whisper tiny.en, EfficientNet-Lite0)
 #   2. build the Tux Paint stamps dataset (real images, human-written descriptions, speech, sound effects)
-#   3. train CMAN (frozen towers + LoRA + fusion transformer + max-margin loss) under `accelerate launch`
+#   3. train CMAN (frozen towers + LoRA + a frozen Whisper recogniser whose transcripts join the audio + fusion
+#      transformer + contrastive loss) under `accelerate launch`
 #   4. evaluate all six directions and composed queries on the test splits, write plots, and reload the
 #      saved folder with AutoModel in a fresh process to check it reproduces the stored test metrics
 # Everything lands in outputs/; the log of this script is outputs/demo/demo.log.
