@@ -14,6 +14,10 @@ Usage::
 
     python benchmarks/speech_transcripts.py --dataset outputs/data/stamps --split test
     python benchmarks/speech_transcripts.py --dataset outputs/data/stamps --split test --tts espeak-ng
+    python benchmarks/speech_transcripts.py --split test --window_seconds 5 --repetition_penalty 1.5  # CMAN's
+
+``--window_seconds 5 --repetition_penalty 1.5 --max_new_tokens 24`` are the settings of the recogniser inside the main
+job's CMAN (``transcribe_audio``): the encoder's positions are sliced to the window, as there.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,19 +40,52 @@ from recipes.data.stamps import espeak_voice, normalize_description, synthesize 
 from recipes.retrieval import positives_from_ids, rank_of_positives, retrieval_metrics  # noqa: E402
 
 
-def transcribe(waves: list[np.ndarray], whisper_dir: str, batch_size: int) -> list[str]:
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+def transcribe(
+    waves: list[np.ndarray],
+    whisper_dir: str,
+    batch_size: int,
+    window_seconds: float = 30.0,
+    repetition_penalty: float = 1.0,
+    max_new_tokens: int = 64,
+) -> list[str]:
+    """Greedy transcripts; a window under 30 s slices the encoder's positions as CMAN's recogniser does."""
+    from transformers import (
+        AutoConfig,
+        AutoTokenizer,
+        GenerationConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
-    model = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
-    processor = WhisperProcessor.from_pretrained(whisper_dir)
+    from modeling.cman.modeling_cman import load_pretrained_recognizer_state
+
+    config = AutoConfig.from_pretrained(whisper_dir)
+    config.max_source_positions = round(window_seconds * 50)
+    model = WhisperForConditionalGeneration(config).eval()
+    load_pretrained_recognizer_state(model, whisper_dir)
+    model.generation_config = GenerationConfig.from_pretrained(whisper_dir)
+    reference = WhisperFeatureExtractor.from_pretrained(whisper_dir)
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=reference.feature_size,
+        sampling_rate=reference.sampling_rate,
+        hop_length=reference.hop_length,
+        chunk_length=int(round(window_seconds)),
+        n_fft=reference.n_fft,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(whisper_dir)
     transcripts = []
     for start in tqdm(range(0, len(waves), batch_size), desc="Transcribing", unit="batch"):
-        features = processor.feature_extractor(
+        features = feature_extractor(
             waves[start : start + batch_size], sampling_rate=16_000, return_tensors="pt"
         ).input_features
         with torch.no_grad():
-            ids = model.generate(features, max_new_tokens=64)
-        transcripts += processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            ids = model.generate(
+                features,
+                max_new_tokens=max_new_tokens,
+                repetition_penalty=repetition_penalty,
+                do_sample=False,
+            )
+        transcripts += tokenizer.batch_decode(ids, skip_special_tokens=True)
     return [t.strip() for t in transcripts]
 
 
@@ -75,6 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tts", choices=["dataset", "espeak-ng"], default="dataset")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--window_seconds", type=float, default=30.0, help="Whisper window; CMAN's main job uses 5 s."
+    )
+    parser.add_argument(
+        "--repetition_penalty", type=float, default=1.0, help="CMAN's recogniser uses 1.5 on its 5 s window."
+    )
+    parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="Greedy decoding is fastest on one thread.")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -93,10 +138,23 @@ def main(argv: list[str] | None = None) -> None:
     else:
         waves = [row["audio"]["array"] for row in split]
         sources = [source.split(":")[0] for source in split["audio_source"]]
-    transcripts = transcribe(waves, f"{args.towers}/whisper-tiny-en", args.batch_size)
+    started = time.perf_counter()
+    transcripts = transcribe(
+        waves,
+        f"{args.towers}/whisper-tiny-en",
+        args.batch_size,
+        args.window_seconds,
+        args.repetition_penalty,
+        args.max_new_tokens,
+    )
+    seconds = time.perf_counter() - started
     text_embeds, speech_embeds = embed([texts, transcripts], f"{args.towers}/minilm-l6")
 
-    print(f"\n{args.split} of {args.dataset}, speech from {args.tts}: {len(texts)} rows")
+    print(
+        f"\n{args.split} of {args.dataset}, speech from {args.tts}: {len(texts)} rows; Whisper window "
+        f"{args.window_seconds:g} s, repetition penalty {args.repetition_penalty:g}: transcribed in {seconds:.1f} s "
+        f"({torch.get_num_threads()} threads)"
+    )
     print("| speech | rows | WER | text→speech R@1 | R@10 | speech→text R@1 | R@10 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     groups = {"all": list(range(len(texts)))}
