@@ -392,25 +392,21 @@ def main(argv: list[str] | None = None) -> dict:
     if transcribes_audio(model) and "audio" in modalities:
         # The speech recogniser is frozen: each split is transcribed once, before training.
         transcribing = time.perf_counter()
-        train_dataset = add_transcripts(
-            train_dataset,
-            model,
-            processor,
-            columns,
-            training_args.per_device_eval_batch_size,
-            data_args.skip_bad_rows,
-            f"Transcribing {data_args.train_split}",
-        )
-        if eval_dataset is not None:
-            eval_dataset = add_transcripts(
-                eval_dataset,
+
+        def transcribed(split_dataset, split: str):
+            return add_transcripts(
+                split_dataset,
                 model,
                 processor,
                 columns,
                 training_args.per_device_eval_batch_size,
                 data_args.skip_bad_rows,
-                f"Transcribing {data_args.eval_split}",
+                f"Transcribing {split}",
             )
+
+        train_dataset = transcribed(train_dataset, data_args.train_split)
+        if eval_dataset is not None:
+            eval_dataset = transcribed(eval_dataset, data_args.eval_split)
         logger.info(
             "Transcribed the training and validation audio in %.0f s", time.perf_counter() - transcribing
         )

@@ -41,6 +41,15 @@ TINY_TOWER = dict(
     attention_probs_dropout_prob=0.0,
 )
 AUDIO_FRAMES, MEL_BINS, IMAGE_SIZE = 48, 16, 32
+# The fusion transformer and shared space of every tiny CMAN (one layer; `tiny_cman_config` uses two).
+TINY_FUSION = dict(
+    fusion_hidden_size=32,
+    fusion_num_hidden_layers=1,
+    fusion_num_attention_heads=4,
+    fusion_intermediate_size=64,
+    fusion_max_position_embeddings=64,
+    projection_dim=16,
+)
 
 
 def tiny_text_config() -> RobertaConfig:
@@ -85,12 +94,7 @@ def tiny_cman_config(**overrides) -> CmanConfig:
         text_config=tiny_text_config(),
         audio_config=tiny_audio_config(),
         vision_config=tiny_vision_config(),
-        fusion_hidden_size=32,
-        fusion_num_hidden_layers=2,
-        fusion_num_attention_heads=4,
-        fusion_intermediate_size=64,
-        fusion_max_position_embeddings=64,
-        projection_dim=16,
+        **{**TINY_FUSION, "fusion_num_hidden_layers": 2},
         fusion_dropout=0.0,
     )
     fields.update(overrides)
@@ -160,12 +164,7 @@ def save_tiny_whisper(folder: str | Path, max_source_positions: int = 50) -> Pat
 def tiny_transcribing_config(whisper: str | Path, **overrides) -> CmanConfig:
     """A tiny CMAN whose Whisper tower (saved by `save_tiny_whisper`) also transcribes the audio."""
     fields = dict(
-        fusion_hidden_size=32,
-        fusion_num_hidden_layers=1,
-        fusion_num_attention_heads=4,
-        fusion_intermediate_size=64,
-        fusion_max_position_embeddings=64,
-        projection_dim=16,
+        **TINY_FUSION,
         fusion_dropout=0.0,
         transcribe_audio=True,
         transcript_max_new_tokens=6,

@@ -11,6 +11,7 @@ from tests.tiny import (
     AUDIO_FRAMES,
     IMAGE_SIZE,
     MEL_BINS,
+    TINY_FUSION,
     save_tiny_pretrained_towers,
     save_tiny_whisper,
     tiny_cman_config,
@@ -256,12 +257,7 @@ def test_pretrained_towers_load_from_checkpoints_in_the_hub_format(tmp_path):
         text=str(paths["text"]),
         audio=str(paths["audio"]),
         vision=str(paths["vision"]),
-        fusion_hidden_size=32,
-        fusion_num_hidden_layers=1,
-        fusion_num_attention_heads=4,
-        fusion_intermediate_size=64,
-        fusion_max_position_embeddings=64,
-        projection_dim=16,
+        **TINY_FUSION,
     )
     assert config.text_model_name_or_path == str(paths["text"])
     model = CmanModel.from_encoders_pretrained(config)
@@ -287,12 +283,7 @@ def test_whisper_tower_runs_on_a_short_window_with_the_position_table_sliced(tmp
         audio=str(whisper),
         vision=config.vision_config,
         audio_window_seconds=0.5,
-        fusion_hidden_size=32,
-        fusion_num_hidden_layers=1,
-        fusion_num_attention_heads=4,
-        fusion_intermediate_size=64,
-        fusion_max_position_embeddings=64,
-        projection_dim=16,
+        **TINY_FUSION,
     )
     assert config.audio_config.max_source_positions == 25 and config.audio_window_seconds == 0.5
     model = CmanModel.from_encoders_pretrained(config).eval()

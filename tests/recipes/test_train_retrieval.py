@@ -54,6 +54,18 @@ def run(command: list[str], cwd: Path = REPO, timeout: int = 600) -> subprocess.
     return result
 
 
+def evaluate_elsewhere(assets, output_dir: Path, tmp_path: Path) -> dict:
+    """Another directory, another process, only the saved folder: `evaluate_retrieval.py --check_against` must find
+    the stored test figures again. Returns the recomputed results of `test`."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run([sys.executable, str(REPO / "recipes/evaluate_retrieval.py"), "--model", str(output_dir),
+                  "--dataset", str(assets["dataset"]), "--splits", "test", "--output_dir", str(elsewhere),
+                  "--check_against", str(output_dir / "eval_results.json")], cwd=elsewhere)  # fmt: skip
+    assert "Every figure matches" in result.stdout
+    return json.loads((elsewhere / "eval_results.json").read_text())["results"]["test"]
+
+
 def test_yaml_values_are_overridden_by_command_line_flags(assets, tmp_path):
     model, data, training = parse_recipe_arguments(
         (ModelArguments, DataArguments, CmanTrainingArguments),
@@ -93,14 +105,7 @@ def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduc
     assert set(recorded["directions"]) == {f"{a}_to_{b}" for a in ("text", "audio", "image") for b in ("text", "audio", "image") if a != b}  # fmt: skip
     assert "text+audio_to_image" in recorded["composed"]
 
-    # Another directory, another process, only the folder: the evaluation script gives the same numbers.
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    result = run([sys.executable, str(REPO / "recipes/evaluate_retrieval.py"), "--model", str(output_dir),
-                  "--dataset", str(assets["dataset"]), "--splits", "test", "--output_dir", str(elsewhere),
-                  "--check_against", str(output_dir / "eval_results.json")], cwd=elsewhere)  # fmt: skip
-    assert "Every figure matches" in result.stdout
-    again = json.loads((elsewhere / "eval_results.json").read_text())["results"]["test"]
+    again = evaluate_elsewhere(assets, output_dir, tmp_path)
     for group in ("directions", "composed"):
         for direction, metrics in recorded[group].items():
             for key in ("R@1", "R@5", "R@10", "median_rank", "mean_rank"):
@@ -120,12 +125,7 @@ def test_a_run_whose_whisper_transcribes_saves_the_recognizer_and_reproduces_its
     weights = load_file(output_dir / "model.safetensors")
     assert any(key.startswith("speech_recognizer.model.decoder.") for key in weights)
     assert (output_dir / "transcript_tokenizer").is_dir()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    result = run([sys.executable, str(REPO / "recipes/evaluate_retrieval.py"), "--model", str(output_dir),
-                  "--dataset", str(assets["dataset"]), "--splits", "test", "--output_dir", str(elsewhere),
-                  "--check_against", str(output_dir / "eval_results.json")], cwd=elsewhere)  # fmt: skip
-    assert "Every figure matches" in result.stdout
+    evaluate_elsewhere(assets, output_dir, tmp_path)
 
 
 def test_a_bad_row_stops_training_with_its_id_and_column(assets, tmp_path):
