@@ -57,20 +57,17 @@ def transcribe(
         WhisperForConditionalGeneration,
     )
 
+    from modeling.cman.configuration_cman import WHISPER_TOKENS_PER_SECOND
     from modeling.cman.modeling_cman import load_pretrained_recognizer_state
+    from modeling.cman.processing_cman import whisper_window_feature_extractor
 
     config = AutoConfig.from_pretrained(whisper_dir)
-    config.max_source_positions = round(window_seconds * 50)
+    config.max_source_positions = round(window_seconds * WHISPER_TOKENS_PER_SECOND)
     model = WhisperForConditionalGeneration(config).eval()
     load_pretrained_recognizer_state(model, whisper_dir)
     model.generation_config = GenerationConfig.from_pretrained(whisper_dir)
-    reference = WhisperFeatureExtractor.from_pretrained(whisper_dir)
-    feature_extractor = WhisperFeatureExtractor(
-        feature_size=reference.feature_size,
-        sampling_rate=reference.sampling_rate,
-        hop_length=reference.hop_length,
-        chunk_length=int(round(window_seconds)),
-        n_fft=reference.n_fft,
+    feature_extractor = whisper_window_feature_extractor(
+        WhisperFeatureExtractor.from_pretrained(whisper_dir), window_seconds
     )
     tokenizer = AutoTokenizer.from_pretrained(whisper_dir)
     transcripts = []

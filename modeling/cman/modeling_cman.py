@@ -730,7 +730,9 @@ class CmanModel(CmanPreTrainedModel):
         """
         Greedy transcripts of the clips by the frozen speech recogniser (`config.transcribe_audio`): Whisper token ids
         `(batch_size, length)`. Decode them with `CmanProcessor.decode_transcripts` and pass the text back to the
-        processor as `transcripts=` to embed the audio.
+        processor as `transcripts=` to embed the audio. `audio_attention_mask` is accepted so that the processor's
+        output can be passed as is; Whisper reads its fixed window whole. The recogniser is always in eval mode
+        (see [`train`]).
 
         Example:
         ```python
@@ -754,15 +756,11 @@ class CmanModel(CmanPreTrainedModel):
             num_beams=1,
         )
         generation_config.update(**generate_kwargs)
-        was_training = self.speech_recognizer.training
-        self.speech_recognizer.eval()
         with _quiet_generation_logs():
-            ids = self.speech_recognizer.generate(
+            return self.speech_recognizer.generate(
                 input_features=input_features.to(self.speech_recognizer.dtype),
                 generation_config=generation_config,
             )
-        self.speech_recognizer.train(was_training)
-        return ids
 
     def _check_whisper_features(self, input_features: torch.Tensor | None) -> None:
         if input_features is None:
@@ -883,8 +881,7 @@ class CmanModel(CmanPreTrainedModel):
                 "CmanModel needs at least one modality: input_ids (text), input_features/input_values (audio) or "
                 "pixel_values (images)."
             )
-        sizes = {modality: parts[0][1].shape[0] for modality, parts in segments.items()}
-        sizes.update({kind: tokens.shape[0] for parts in segments.values() for kind, tokens, _ in parts})
+        sizes = {kind: tokens.shape[0] for parts in segments.values() for kind, tokens, _ in parts}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"All modalities must have the same batch size, got {sizes}.")
         return segments

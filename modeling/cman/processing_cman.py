@@ -19,6 +19,20 @@ logger = logging.get_logger(__name__)
 MIN_SAMPLES = 400
 
 
+def whisper_window_feature_extractor(feature_extractor, window_seconds: float):
+    """A copy of a Whisper feature extractor whose fixed window (pad / truncate length) is `window_seconds`."""
+    if not hasattr(feature_extractor, "chunk_length"):
+        raise ValueError("`audio_window_seconds` applies to a Whisper feature extractor.")
+    return type(feature_extractor)(
+        feature_size=feature_extractor.feature_size,
+        sampling_rate=feature_extractor.sampling_rate,
+        hop_length=feature_extractor.hop_length,
+        chunk_length=int(round(window_seconds)),
+        n_fft=feature_extractor.n_fft,
+        padding_value=feature_extractor.padding_value,
+    )
+
+
 class CmanProcessor(ProcessorMixin):
     r"""
     Wraps the text tower's tokenizer, the audio tower's feature extractor (AST filter banks or Whisper log-mel) and
@@ -69,16 +83,7 @@ class CmanProcessor(ProcessorMixin):
         the Whisper tokenizer to decode the transcripts."""
         feature_extractor = AutoFeatureExtractor.from_pretrained(audio)
         if audio_window_seconds is not None:
-            if not hasattr(feature_extractor, "chunk_length"):
-                raise ValueError("`audio_window_seconds` applies to a Whisper feature extractor.")
-            feature_extractor = type(feature_extractor)(
-                feature_size=feature_extractor.feature_size,
-                sampling_rate=feature_extractor.sampling_rate,
-                hop_length=feature_extractor.hop_length,
-                chunk_length=int(round(audio_window_seconds)),
-                n_fft=feature_extractor.n_fft,
-                padding_value=feature_extractor.padding_value,
-            )
+            feature_extractor = whisper_window_feature_extractor(feature_extractor, audio_window_seconds)
         parts = dict(
             tokenizer=AutoTokenizer.from_pretrained(text),
             feature_extractor=feature_extractor,

@@ -457,27 +457,25 @@ def add_transcripts(
     collator = CmanRetrievalCollator(processor, columns=columns, modalities=("audio",))
     audio_only = dataset.select_columns([c for c in (columns.audio, columns.id) if c in dataset.column_names])
     device = next(model.parameters()).device
+
+    def transcribe(rows: list[dict[str, Any]]) -> list[str]:
+        features = collator(rows)["input_features"].to(device)
+        return processor.decode_transcripts(model.transcribe(features))
+
     transcripts: list[str] = []
     loader = DataLoader(audio_only, batch_size=batch_size, collate_fn=lambda rows: rows)
     for rows in tqdm(loader, desc=description, unit="batch", leave=False):
         try:
-            batches = [(collator(rows), len(rows))]
+            transcripts.extend(transcribe(rows))
         except BadRowError:
             if not skip_bad_rows:
                 raise
-            batches = []
-            for row in rows:
+            for row in rows:  # find the bad rows one by one; the others are transcribed
                 try:
-                    batches.append((collator([row]), 1))
+                    transcripts.extend(transcribe([row]))
                 except BadRowError as error:
                     logger.warning(f"No transcript for a bad row: {error}")
-                    batches.append((None, 1))
-        for batch, size in batches:
-            if batch is None:
-                transcripts.extend([""] * size)
-                continue
-            ids = model.transcribe(batch["input_features"].to(device), batch.get("audio_attention_mask"))
-            transcripts.extend(processor.decode_transcripts(ids))
+                    transcripts.append("")
     if columns.transcript in dataset.column_names:
         logger.info(f"Replacing the existing {columns.transcript!r} column with the model's transcripts.")
         dataset = dataset.remove_columns(columns.transcript)
