@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (set up + main job) and `make test` (set up + tests).
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-slow lint format
+.PHONY: setup demo test test-slow lint format fix-copies
 
 setup:
 	bash scripts/setup.sh
@@ -11,15 +11,22 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
-	$(PY) -m ruff check .
+	$(MAKE) --no-print-directory lint
 
 test-slow: setup
 	RUN_SLOW=1 $(PY) -m pytest -q -p no:cacheprovider
 
+# Lint: ruff, and the copies of modeling/common/ in the family folders must match their source.
 lint:
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check modeling recipes tests benchmarks
+	$(PY) -m ruff format --check modeling recipes tests benchmarks scripts
+	$(PY) scripts/check_copies.py
 
 format:
-	$(PY) -m ruff format modeling recipes tests benchmarks
+	$(PY) -m ruff format modeling recipes tests benchmarks scripts
 	$(PY) -m ruff check --fix .
+	$(PY) scripts/check_copies.py --fix
+
+# Rewrite every family's copy of a modeling/common/ file from its source (after editing modeling/common/).
+fix-copies:
+	$(PY) scripts/check_copies.py --fix

@@ -3,10 +3,10 @@
     python benchmarks/retrieval_search.py --sizes 100000 1000000 --queries 1000 --threads 2
 
 Part 1 times exact top-k search of ``--queries`` random L2-normalised float32 queries over galleries of each
-``--sizes`` items with `recipes.retrieval.search_topk` (chunked torch matrix products) and with a FAISS
+``--sizes`` items with `recipes.evaluation.ranking.search_topk` (chunked torch matrix products) and with a FAISS
 ``IndexFlatIP`` in the same process, and checks that both return the same ids.
 
-Part 2 compares the peak memory of `recipes.retrieval.rank_of_positives` (``--memory-chunk-size`` queries
+Part 2 compares the peak memory of `recipes.evaluation.ranking.rank_of_positives` (``--memory-chunk-size`` queries
 per score block) with a naive computation of the full ``N_q x N_g`` score matrix. Each computation runs in a
 fresh process that builds the inputs, warms up, resets the kernel's resident-memory high-water mark
 (``/proc/self/clear_refs``) and reports how far the call raised it (``VmHWM`` minus the resident size before
@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 import torch
 
-from recipes.retrieval import build_faiss_index, rank_of_positives, search_topk
+from recipes.evaluation.ranking import TIE_RTOL, build_faiss_index, rank_of_positives, search_topk
 
 
 def random_embeddings(num: int, dim: int, seed: int) -> torch.Tensor:
@@ -67,6 +67,10 @@ def bench_search(args: argparse.Namespace) -> list[dict]:
             del index
         same_order = float(np.mean(np.all(torch_ids.numpy() == faiss_ids, axis=1)))
         overlap = np.mean([len(np.intersect1d(a, b)) / args.k for a, b in zip(torch_ids.numpy(), faiss_ids)])
+        if overlap < 1.0:  # exact search on both sides: any disagreement voids the timing comparison
+            raise SystemExit(
+                f"torch and FAISS exact top-{args.k} disagree at {size:,} items (overlap {overlap:.2%})."
+            )
         rows.append(
             {
                 "gallery": size,
@@ -102,10 +106,13 @@ def _memory_child(mode: str, args: argparse.Namespace) -> dict:
     resident_mib = _status_mib("VmRSS")
     start = time.perf_counter()
     if mode == "naive":
-        # Counted in place like rank_of_positives, so only the size of the score matrix differs.
+        # The same rule as rank_of_positives (ties ranked pessimistically, within the same relative tolerance),
+        # counted in place, so only the size of the score matrix differs.
         sims = queries @ gallery.T  # (N_q, N_g)
         best = sims.gather(1, positives[:, None])  # (N_q, 1)
-        ranks = sims.gt_(best).sum(1).long() + 1
+        threshold = best - TIE_RTOL * gallery.norm(dim=1).max() * queries.norm(dim=1, keepdim=True)
+        sims.scatter_(1, positives[:, None], -torch.inf)  # a query's own positive never counts against it
+        ranks = sims.ge_(threshold).sum(1).long() + 1
     else:
         ranks = rank_of_positives(
             queries, gallery, positives, chunk_size=args.memory_chunk_size, faiss_above=None
@@ -181,7 +188,13 @@ def main() -> None:
         (chunked, f"chunked (chunk_size={args.memory_chunk_size})", block_gib),
     ):
         print(f"{label:>32} {gib:>8.2f} GiB {row['peak_mib'] / 1024:>7.2f} GiB {row['seconds']:>8.2f}")
-    print(f"ranks identical: {np.array_equal(naive['ranks'], chunked['ranks'])}")
+    identical = np.array_equal(naive["ranks"], chunked["ranks"])
+    print(f"ranks identical: {identical}")
+    if not identical:
+        differ = int((naive["ranks"] != chunked["ranks"]).sum())
+        raise SystemExit(
+            f"The chunked ranks differ from the full matrix's for {differ} queries: the comparison is void."
+        )
 
 
 if __name__ == "__main__":

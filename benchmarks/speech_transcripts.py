@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recipes.data.stamps import espeak_voice, normalize_description, synthesize  # noqa: E402
-from recipes.retrieval import positives_from_ids, rank_of_positives, retrieval_metrics  # noqa: E402
+from recipes.evaluation.ranking import positives_from_ids, rank_of_positives, retrieval_metrics  # noqa: E402
 
 
 def transcribe(
@@ -57,9 +57,9 @@ def transcribe(
         WhisperForConditionalGeneration,
     )
 
-    from modeling.cman.configuration_cman import WHISPER_TOKENS_PER_SECOND
-    from modeling.cman.modeling_cman import load_pretrained_recognizer_state
-    from modeling.cman.processing_cman import whisper_window_feature_extractor
+    from modeling.common.processing import whisper_window_feature_extractor
+    from modeling.common.speech import load_pretrained_recognizer_state
+    from modeling.common.towers import WHISPER_TOKENS_PER_SECOND
 
     config = AutoConfig.from_pretrained(whisper_dir)
     config.max_source_positions = round(window_seconds * WHISPER_TOKENS_PER_SECOND)

@@ -65,8 +65,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from modeling.cman import CmanConfig, CmanModel
-from modeling.cman.configuration_cman import WHISPER_TOKENS_PER_SECOND
-from modeling.cman.modeling_cman import LORA_TARGETS
+from modeling.common.towers import LORA_TARGETS, WHISPER_TOKENS_PER_SECOND
 
 TOWERS = Path(__file__).resolve().parents[1] / "outputs" / "towers"
 MODALITY_SETS = {"text+image": ("text", "image"), "text+audio+image": ("text", "audio", "image")}
@@ -201,31 +200,20 @@ def tower_configs(quick: bool) -> dict[str, tuple[PreTrainedConfig, str]]:
 
 def build_cman(configs: dict, quick: bool) -> torch.nn.Module:
     fusion = (
-        dict(
-            fusion_hidden_size=32,
-            fusion_num_hidden_layers=1,
-            fusion_num_attention_heads=4,
-            fusion_intermediate_size=64,
-        )
+        dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
         if quick
-        else dict(
-            fusion_hidden_size=256,
-            fusion_num_hidden_layers=2,
-            fusion_num_attention_heads=4,
-            fusion_intermediate_size=1024,
-        )
+        else dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024)
     )
     config = CmanConfig.from_towers(
         text=configs["text"][0],
         audio=configs["audio"][0],
-        vision=configs["image"][0],
+        image=configs["image"][0],
         audio_token_stride=AUDIO_TOKEN_STRIDE,
-        fusion_dropout=0.1,
+        fusion_encoder_config={**fusion, "dropout": 0.1},
         projection_dim=64 if quick else 512,
         loss_type="max_margin",
         margin=0.2,
         max_margin_negatives="hardest",
-        **fusion,
     )
     return CmanModel(config).apply_lora(**LORA)
 
@@ -489,10 +477,8 @@ def main() -> None:
     for key in args.modalities:
         batch = random_batch(configs, MODALITY_SETS[key], args.batch_size, args.text_length)
         cman = build_cman(configs, args.quick)
-        fusion = cman.base_model.model.config
-        name = (
-            f"CMAN (LoRA r{LORA['r']}, fusion {fusion.fusion_hidden_size}x{fusion.fusion_num_hidden_layers})"
-        )
+        fusion = cman.base_model.model.config.fusion_encoder_config
+        name = f"CMAN (LoRA r{LORA['r']}, fusion {fusion.hidden_size}x{fusion.num_hidden_layers})"
         runs.append(Run(name, key, cman, batch))
         if key == "text+image":
             runs.append(

@@ -1,12 +1,13 @@
 """Model families of cross-modal-zoo. Importing this package registers every family with the Auto* classes.
 
 Each family lives in its own folder and imports only its siblings, so `save_pretrained` copies its code next to
-the weights and `AutoModel.from_pretrained(folder, trust_remote_code=True)` loads it anywhere.
+the weights and `AutoModel.from_pretrained(folder, trust_remote_code=True)` loads it anywhere. Pieces several
+families share live once in `modeling/common/` and are copied into each family's folder (see `scripts/check_copies.py`).
 """
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from .cman import CmanConfig, CmanModel, CmanProcessor, CmanTranscribingProcessor
+from .cman import CmanConfig, CmanModel, CmanProcessor
 
 
 def _register(config_class, model_class, processor_class=None) -> None:
@@ -20,7 +21,5 @@ def _register(config_class, model_class, processor_class=None) -> None:
 
 
 _register(CmanConfig, CmanModel, CmanProcessor)
-# The processor of a CMAN that transcribes its audio (`transcribe_audio`); saved folders name it in their auto_map.
-CmanTranscribingProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["CmanConfig", "CmanModel", "CmanProcessor", "CmanTranscribingProcessor"]
+__all__ = ["CmanConfig", "CmanModel", "CmanProcessor"]

@@ -12,16 +12,18 @@ import argparse
 import time
 
 import modeling  # noqa: F401  (registers CMAN with the Auto classes)
-from modeling.cman import CmanConfig, CmanModel, format_parameter_table, parameter_counts
+from modeling.cman import CmanConfig, CmanModel
+from modeling.cman.modeling_cman import PARAMETER_GROUPS
+from modeling.common.retrieval import parameter_counts
 
 
 def summarize(config: CmanConfig, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.2) -> str:
     started = time.perf_counter()
     model = CmanModel(config)
-    before = format_parameter_table(model)
-    peft_model = model.apply_lora(r=lora_r, alpha=lora_alpha, dropout=lora_dropout)
-    after = format_parameter_table(peft_model)
-    counts = parameter_counts(peft_model)
+    before = model.parameter_table()
+    model.apply_lora(r=lora_r, alpha=lora_alpha, dropout=lora_dropout)  # adapters land in `model` itself
+    after = model.parameter_table()
+    counts = parameter_counts(model, PARAMETER_GROUPS)
     total = sum(row["total"] for row in counts.values())
     trainable = sum(row["trainable"] for row in counts.values())
     lora = sum(row["lora"] for row in counts.values())
@@ -48,7 +50,7 @@ def main() -> None:
         config = CmanConfig.from_towers(
             text=f"{args.towers}/minilm-l6",
             audio=f"{args.towers}/whisper-tiny-en",
-            vision=f"{args.towers}/efficientnet-lite0",
+            image=f"{args.towers}/efficientnet-lite0",
             audio_window_seconds=args.audio_window_seconds,
         )
     else:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from recipes.data.retrieval import (
     BadRowError,
-    CmanRetrievalCollator,
+    RetrievalCollator,
     RetrievalColumns,
     add_transcripts,
     caption_group_id,
@@ -224,7 +224,7 @@ def test_caption_groups():
 
 # ------------------------------------------------------------------------------------------------- collator
 def test_collator_all_modalities(dataset, processor):
-    batch = CmanRetrievalCollator(processor)([dataset[i] for i in range(4)])
+    batch = RetrievalCollator(processor)([dataset[i] for i in range(4)])
     assert set(batch) == {"input_ids", "attention_mask", "input_values", "pixel_values", "group_ids"}
     assert batch["input_ids"].shape[0] == 4 and batch["attention_mask"].shape == batch["input_ids"].shape
     assert batch["input_values"].shape == (4, AUDIO_FRAMES, MEL_BINS)
@@ -246,7 +246,7 @@ def test_collator_all_modalities(dataset, processor):
     ],
 )
 def test_collator_modality_subsets(dataset, processor, columns, modalities, keys):
-    batch = CmanRetrievalCollator(processor, columns=columns, modalities=modalities)([dataset[0], dataset[1]])
+    batch = RetrievalCollator(processor, columns=columns, modalities=modalities)([dataset[0], dataset[1]])
     assert set(batch) == keys | {"group_ids"}
     assert all(value.shape[0] == 2 for value in batch.values())
 
@@ -255,7 +255,7 @@ def test_collator_group_ids_from_id_without_text(dataset, processor):
     rows = [dataset[i] for i in range(3)] + [dataset[0]]
     for row in rows:
         del row["text"]
-    groups = CmanRetrievalCollator(processor)(rows)["group_ids"].tolist()
+    groups = RetrievalCollator(processor)(rows)["group_ids"].tolist()
     assert groups[0] == groups[3] and len(set(groups[:3])) == 3
 
 
@@ -265,7 +265,7 @@ def test_collator_mixed_sampling_rates(tmp_path, processor):
         {"audio": {"bytes": None, "path": str(write_wave(tmp_path / f"{rate}.wav", rate=rate))}}
         for rate in (44100, 16000)
     ]
-    values = CmanRetrievalCollator(processor)(rows)["input_values"]
+    values = RetrievalCollator(processor)(rows)["input_values"]
     assert values.shape == (2, AUDIO_FRAMES, MEL_BINS)
     tone_bins = slice(0, 6)  # up to about 1 kHz; the other bins hold only the 16-bit quantisation noise
     assert torch.allclose(values[0, :, tone_bins], values[1, :, tone_bins], atol=1e-3)
@@ -285,7 +285,7 @@ def test_collator_decodes_bytes_and_in_memory_values(dataset, processor):
         "audio": {"array": wave, "sampling_rate": rate},
         "image": Image.open(row["image"]["path"]),
     }
-    collator = CmanRetrievalCollator(processor)
+    collator = RetrievalCollator(processor)
     reference = collator([row])
     for other in (collator([as_bytes]), collator([in_memory])):
         for key in reference:
@@ -299,7 +299,7 @@ def test_collator_falls_back_to_torchcodec(tmp_path, processor):
     subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
     with pytest.raises(sf.LibsndfileError):
         sf.read(m4a)
-    batch = CmanRetrievalCollator(processor)([{"audio": str(m4a)}, {"audio": str(wav)}])
+    batch = RetrievalCollator(processor)([{"audio": str(m4a)}, {"audio": str(wav)}])
     assert batch["input_values"].shape == (2, AUDIO_FRAMES, MEL_BINS)
 
 
@@ -334,18 +334,18 @@ BAD_ROWS = {
 def test_collator_bad_row_raises(dataset, processor, tmp_path, kind):
     column, cause = BAD_ROWS[kind]
     with pytest.raises(BadRowError, match=f"Row id='r1', column '{column}': .*{cause}") as info:
-        CmanRetrievalCollator(processor)(corrupt(dataset, tmp_path, kind))
+        RetrievalCollator(processor)(corrupt(dataset, tmp_path, kind))
     assert (info.value.row, info.value.column) == ("r1", column)
 
 
 def test_collator_bad_row_without_id_names_the_position(dataset, processor, tmp_path):
     rows = corrupt(dataset, tmp_path, "missing file", index=2)
     with pytest.raises(BadRowError, match="Row #2 of the batch, column 'audio'"):
-        CmanRetrievalCollator(processor, columns=RetrievalColumns(id=None))(rows)
+        RetrievalCollator(processor, columns=RetrievalColumns(id=None))(rows)
 
 
 def test_collator_skips_and_counts_bad_rows(dataset, processor, tmp_path, caplog):
-    collator = CmanRetrievalCollator(processor, skip_bad_rows=True)
+    collator = RetrievalCollator(processor, skip_bad_rows=True)
     with caplog.at_level(logging.WARNING, logger="recipes.data.retrieval"):
         for kind in BAD_ROWS:
             batch = collator(corrupt(dataset, tmp_path, kind))
@@ -360,7 +360,7 @@ def test_collator_skips_and_counts_bad_rows(dataset, processor, tmp_path, caplog
 
 
 def test_collator_pickles(dataset, processor):
-    collator = CmanRetrievalCollator(processor, skip_bad_rows=True, train=True, seed=3)
+    collator = RetrievalCollator(processor, skip_bad_rows=True, train=True, seed=3)
     collator([{**dataset[0], "text": ""}, dataset[1]])
     for clone in (pickle.loads(pickle.dumps(collator)), copy.deepcopy(collator)):
         assert clone.num_skipped == 1 and clone.seed == 3
@@ -370,7 +370,7 @@ def test_collator_pickles(dataset, processor):
 def test_dataloader_with_workers(dataset, processor, tmp_path):
     rows = corrupt(dataset, tmp_path, "missing file")
     bad = datasets.Dataset.from_list(rows, features=dataset.features)
-    collator = CmanRetrievalCollator(processor, skip_bad_rows=True, train=True)
+    collator = RetrievalCollator(processor, skip_bad_rows=True, train=True)
     loader = torch.utils.data.DataLoader(bad, batch_size=2, num_workers=2, collate_fn=collator)
     sizes = [batch["input_values"].shape[0] for batch in loader]
     assert sorted(sizes) == [1, 2]
@@ -385,7 +385,7 @@ def test_bad_row_error_survives_a_dataloader_worker(dataset, processor, tmp_path
     from torch._utils import ExceptionWrapper
 
     with pytest.raises(BadRowError) as info:
-        CmanRetrievalCollator(processor)(corrupt(dataset, tmp_path, "missing file"))
+        RetrievalCollator(processor)(corrupt(dataset, tmp_path, "missing file"))
     wrapper = ExceptionWrapper((info.type, info.value, info.tb), where="in DataLoader worker process 0")
     with pytest.raises(BadRowError, match="(?s)worker process 0.*Row id='r1', column 'audio'"):
         wrapper.reraise()
@@ -403,13 +403,13 @@ def test_train_augmentation_is_deterministic(tmp_path, processor):
         return [collator(rows)["input_values"] for _ in range(steps)]
 
     first, again = (
-        run(CmanRetrievalCollator(processor, train=True, seed=0)),
-        run(CmanRetrievalCollator(processor, train=True, seed=0)),
+        run(RetrievalCollator(processor, train=True, seed=0)),
+        run(RetrievalCollator(processor, train=True, seed=0)),
     )
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not torch.equal(first[0], first[1])  # the step counter draws anew for each batch
-    assert not torch.equal(first[0], run(CmanRetrievalCollator(processor, train=True, seed=1), 1)[0])
-    evaluation = run(CmanRetrievalCollator(processor), 2)
+    assert not torch.equal(first[0], run(RetrievalCollator(processor, train=True, seed=1), 1)[0])
+    evaluation = run(RetrievalCollator(processor), 2)
     assert torch.equal(evaluation[0], evaluation[1])
     assert not torch.equal(first[0], evaluation[0])
 
@@ -428,8 +428,8 @@ def test_train_crop_draws_a_window_of_long_clips(tmp_path, processor):
     ) -> int:  # the loudest mel bin of the first frame: the pitch, whatever the gain
         return int(batch["input_values"][0, 0].argmax())
 
-    start = first_frame_peak(CmanRetrievalCollator(processor)(rows))
-    collator = CmanRetrievalCollator(processor, train=True)
+    start = first_frame_peak(RetrievalCollator(processor)(rows))
+    collator = RetrievalCollator(processor, train=True)
     peaks = [first_frame_peak(collator(rows)) for _ in range(6)]
     assert sum(peak > start for peak in peaks) >= 4, (start, peaks)
 
@@ -438,13 +438,9 @@ def test_train_crop_draws_a_window_of_long_clips(tmp_path, processor):
 @pytest.fixture(scope="module")
 def transcribing(tmp_path_factory):
     """A tiny CMAN whose random tiny Whisper transcribes (deterministically), and its processor."""
-    from modeling.cman import CmanModel
-    from tests.tiny import save_tiny_whisper, tiny_transcribing_config, tiny_transcribing_processor
+    from tests.tiny import tiny_transcribing_model
 
-    root = tmp_path_factory.mktemp("transcribing")
-    whisper = save_tiny_whisper(root / "whisper")
-    model = CmanModel.from_encoders_pretrained(tiny_transcribing_config(whisper)).eval()
-    return model, tiny_transcribing_processor(root / "processor", whisper)
+    return tiny_transcribing_model(tmp_path_factory.mktemp("transcribing"))
 
 
 def test_add_transcripts_writes_what_the_recognizer_hears_and_the_collator_feeds_it(dataset, transcribing):
@@ -453,12 +449,12 @@ def test_add_transcripts_writes_what_the_recognizer_hears_and_the_collator_feeds
     assert with_transcripts.column_names == [*dataset.column_names, "transcript"]
     rows = [with_transcripts[i] for i in range(len(dataset))]
     # The same as transcribing each clip on its own, by hand.
-    single = CmanRetrievalCollator(processor, modalities=("audio",))
+    single = RetrievalCollator(processor, modalities=("audio",))
     for row in rows:
         features = single([row])["input_features"]
-        assert row["transcript"] == processor.decode_transcripts(model.transcribe(features))[0]
+        assert row["transcript"] == model.transcribe(features)[0]
     assert len({row["transcript"] for row in rows}) > 1
-    batch = CmanRetrievalCollator(processor)(rows)
+    batch = RetrievalCollator(processor)(rows)
     expected = processor(
         audio=[np.zeros(10, np.float32)] * 4, sampling_rate=16000, transcripts=[r["transcript"] for r in rows]
     )

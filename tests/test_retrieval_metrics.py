@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recipes.retrieval import (
+from recipes.evaluation.ranking import (
     RECALL_METRIC_PATH,
     chance_median_rank,
     chance_recall,
@@ -290,7 +290,7 @@ def test_evaluate_module_loads_offline_and_matches_retrieval_metrics(tmp_path):
     rank_sets = [[1, 2, 11, 4], [5, 5, 1], list(range(1, 40, 3))]
     script = (
         "import json\n"
-        "from recipes.retrieval import load_recall_metric\n"
+        "from recipes.evaluation.ranking import load_recall_metric\n"
         "metric = load_recall_metric()\n"
         f"out = [metric.compute(ranks=r, ks=[1, 5, 10, 20]) for r in {rank_sets!r}]\n"
         "metric.add_batch(ranks=[1, 2])\n"

@@ -41,15 +41,12 @@ TINY_TOWER = dict(
     attention_probs_dropout_prob=0.0,
 )
 AUDIO_FRAMES, MEL_BINS, IMAGE_SIZE = 48, 16, 32
-# The fusion transformer and shared space of every tiny CMAN (one layer; `tiny_cman_config` uses two).
+# The fusion transformer of every tiny CMAN (one layer; `tiny_cman_config` uses two) and its shared space.
 TINY_FUSION = dict(
-    fusion_hidden_size=32,
-    fusion_num_hidden_layers=1,
-    fusion_num_attention_heads=4,
-    fusion_intermediate_size=64,
-    fusion_max_position_embeddings=64,
-    projection_dim=16,
-)
+    hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+    dropout=0.0,
+)  # fmt: skip
+TINY_PROJECTION_DIM = 16
 
 
 def tiny_text_config() -> RobertaConfig:
@@ -85,17 +82,18 @@ def tiny_whisper_config(max_source_positions: int = 50) -> WhisperConfig:
     )
 
 
-def tiny_vision_config() -> ViTConfig:
+def tiny_image_config() -> ViTConfig:
     return ViTConfig(image_size=IMAGE_SIZE, patch_size=8, **TINY_TOWER)
 
 
-def tiny_cman_config(**overrides) -> CmanConfig:
+def tiny_cman_config(fusion: dict | None = None, **overrides) -> CmanConfig:
+    """A tiny CMAN on random RoBERTa / AST / ViT towers; `fusion` overrides fields of the fusion transformer."""
     fields = dict(
         text_config=tiny_text_config(),
         audio_config=tiny_audio_config(),
-        vision_config=tiny_vision_config(),
-        **{**TINY_FUSION, "fusion_num_hidden_layers": 2},
-        fusion_dropout=0.0,
+        image_config=tiny_image_config(),
+        fusion_encoder_config={**TINY_FUSION, "num_hidden_layers": 2, **(fusion or {})},
+        projection_dim=TINY_PROJECTION_DIM,
     )
     fields.update(overrides)
     return CmanConfig(**fields)
@@ -137,13 +135,13 @@ def tiny_processor(folder: str | Path) -> CmanProcessor:
 def save_tiny_pretrained_towers(root: str | Path) -> dict[str, Path]:
     """Save random tiny RoBERTa / AST / ViT checkpoints (+ preprocessing) in the formats of the seed's Hub models."""
     root = Path(root)
-    paths = {"text": root / "roberta", "audio": root / "ast", "vision": root / "vit"}
+    paths = {"text": root / "roberta", "audio": root / "ast", "image": root / "vit"}
     RobertaModel(tiny_text_config()).save_pretrained(paths["text"])
     tiny_tokenizer(paths["text"])
     ASTModel(tiny_audio_config()).save_pretrained(paths["audio"])
     ASTFeatureExtractor(num_mel_bins=MEL_BINS, max_length=AUDIO_FRAMES).save_pretrained(paths["audio"])
-    ViTModel(tiny_vision_config()).save_pretrained(paths["vision"])
-    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(paths["vision"])
+    ViTModel(tiny_image_config()).save_pretrained(paths["image"])
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(paths["image"])
     return paths
 
 
@@ -161,33 +159,47 @@ def save_tiny_whisper(folder: str | Path, max_source_positions: int = 50) -> Pat
     return folder
 
 
-def tiny_transcribing_config(whisper: str | Path, **overrides) -> CmanConfig:
-    """A tiny CMAN whose Whisper tower (saved by `save_tiny_whisper`) also transcribes the audio."""
+def tiny_transcribing_config(whisper: str | Path, text: str | Path | None = None, **overrides) -> CmanConfig:
+    """A tiny CMAN whose Whisper tower (saved by `save_tiny_whisper`) also transcribes the audio; `text` names a
+    saved tiny text tower (its tokenizer reads the transcripts), else a random one is built."""
     fields = dict(
-        **TINY_FUSION,
-        fusion_dropout=0.0,
+        fusion_encoder_config=TINY_FUSION,
+        projection_dim=TINY_PROJECTION_DIM,
         transcribe_audio=True,
-        transcript_max_new_tokens=6,
+        speech_recognizer_config={"max_new_tokens": 6},
     )
     fields.update(overrides)
     return CmanConfig.from_towers(
-        text=tiny_text_config(), audio=str(whisper), vision=tiny_vision_config(), **fields
+        text=str(text) if text else tiny_text_config(),
+        audio=str(whisper),
+        image=tiny_image_config(),
+        **fields,
     )
 
 
-def tiny_transcribing_processor(folder: str | Path, whisper: str | Path):
-    """The processor of `tiny_transcribing_config`: tiny text tokenizer, the Whisper folder's feature extractor and
-    tokenizer, tiny ViT image processor."""
-    from transformers import AutoTokenizer
-
-    from modeling.cman import CmanTranscribingProcessor
-
-    return CmanTranscribingProcessor(
+def tiny_transcribing_processor(folder: str | Path, whisper: str | Path) -> CmanProcessor:
+    """The processor of `tiny_transcribing_config`: tiny text tokenizer, the Whisper folder's feature extractor, tiny
+    ViT image processor."""
+    return CmanProcessor(
         tokenizer=tiny_tokenizer(Path(folder) / "tokenizer"),
         feature_extractor=WhisperFeatureExtractor.from_pretrained(whisper),
         image_processor=ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-        transcript_tokenizer=AutoTokenizer.from_pretrained(whisper),
     )
+
+
+def tiny_transcribing_model(root: str | Path):
+    """A tiny CMAN whose random tiny Whisper transcribes (deterministically), with its processor; the model reads
+    its transcripts with the processor's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from modeling.cman import CmanModel
+
+    root = Path(root)
+    whisper = save_tiny_whisper(root / "whisper")
+    processor = tiny_transcribing_processor(root / "processor", whisper)
+    model = CmanModel.from_encoders_pretrained(tiny_transcribing_config(whisper)).eval()
+    model.set_transcription_tokenizers(AutoTokenizer.from_pretrained(whisper), processor.tokenizer)
+    return model, processor
 
 
 def random_batch(batch_size: int = 3, seed: int = 0) -> dict:

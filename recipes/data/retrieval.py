@@ -1,11 +1,11 @@
-"""Data plumbing for the retrieval recipes: load a dataset, pick its columns and collate rows for `CmanModel`.
+"""Data plumbing for the retrieval recipes: load a dataset, pick its columns and collate rows for a retrieval model.
 
 Media are decoded in the collator rather than in `Dataset.__getitem__`, so that a missing or corrupt file raises a
 `BadRowError` naming the row, the column and the fix (or is skipped with `skip_bad_rows=True`)::
 
     dataset = load_retrieval_dataset("outputs/data/stamps", split="train")
     dataset = prepare_for_lazy_decoding(dataset, RetrievalColumns())
-    collator = CmanRetrievalCollator(processor, train=True)
+    collator = RetrievalCollator(processor, train=True)
     batch = collator([dataset[i] for i in range(8)])  # input_ids, input_values, pixel_values, group_ids, ...
 """
 
@@ -63,7 +63,7 @@ class RetrievalColumns:
     """Column names of a retrieval dataset; `None` means the modality (or the row id) is not used.
 
     The id column is optional: without it, rows are named by their position in the batch in error messages.
-    `transcript` is the column [`add_transcripts`] writes for a CMAN that reads transcripts next to the audio; the
+    `transcript` is the column [`add_transcripts`] writes for a model that reads transcripts next to the audio; the
     collator passes it to the processor when the rows have it.
     """
 
@@ -264,17 +264,17 @@ def _stable_id(key: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- collator
-class CmanRetrievalCollator:
+class RetrievalCollator:
     r"""
-    Turns dataset rows into a `CmanModel` batch: decodes images (to RGB) and audio (to mono, resampled to the
-    processor's rate), runs the `CmanProcessor` and adds `group_ids` (rows with the same normalised caption, or
+    Turns dataset rows into a batch of a retrieval model: decodes images (to RGB) and audio (to mono, resampled to
+    the processor's rate), runs the model's processor and adds `group_ids` (rows with the same normalised caption, or
     the same id when there is no text column, share an id and are never negatives of each other).
 
     Use it as `Trainer(data_collator=...)` with `remove_unused_columns=False`, on a dataset passed through
     `prepare_for_lazy_decoding`. It pickles, so it also works with `dataloader_num_workers > 0`.
 
     Args:
-        processor (`CmanProcessor`): the model's processor.
+        processor (`CrossModalProcessor`): the model's processor.
         columns (`RetrievalColumns`): the dataset's column names.
         modalities (`Sequence[str]`, *optional*): modalities to feed; defaults to every one whose column is in the rows.
         skip_bad_rows (`bool`, defaults to `False`): drop rows that cannot be used (logging a warning naming each)
@@ -437,8 +437,8 @@ def add_transcripts(
 ) -> datasets.Dataset:
     """
     Add the `columns.transcript` column: what the model's frozen speech recogniser hears in each row's audio
-    (`CmanModel.transcribe`, greedy, on the window the audio tower sees). A CMAN with `transcribe_audio` reads it
-    next to the sound. The recogniser never trains, so a dataset is transcribed once per run, not once per epoch.
+    (`model.transcribe`, greedy, on the window the audio tower sees). A model that reads transcripts would otherwise
+    transcribe every batch itself; the recogniser never trains, so a dataset is transcribed once per run.
 
     `dataset` must carry undecoded media (see [`prepare_for_lazy_decoding`]). An existing column of that name is
     replaced. With `skip_bad_rows=True`, a row whose audio cannot be decoded gets an empty transcript (the collator
@@ -454,13 +454,12 @@ def add_transcripts(
         )
     if columns.transcript is None:
         raise ValueError("add_transcripts needs `RetrievalColumns.transcript`, the column to write.")
-    collator = CmanRetrievalCollator(processor, columns=columns, modalities=("audio",))
+    collator = RetrievalCollator(processor, columns=columns, modalities=("audio",))
     audio_only = dataset.select_columns([c for c in (columns.audio, columns.id) if c in dataset.column_names])
     device = next(model.parameters()).device
 
     def transcribe(rows: list[dict[str, Any]]) -> list[str]:
-        features = collator(rows)["input_features"].to(device)
-        return processor.decode_transcripts(model.transcribe(features))
+        return model.transcribe(collator(rows)["input_features"].to(device))
 
     transcripts: list[str] = []
     loader = DataLoader(audio_only, batch_size=batch_size, collate_fn=lambda rows: rows)
@@ -480,11 +479,6 @@ def add_transcripts(
         logger.info(f"Replacing the existing {columns.transcript!r} column with the model's transcripts.")
         dataset = dataset.remove_columns(columns.transcript)
     return dataset.add_column(columns.transcript, transcripts)
-
-
-def transcribes_audio(model) -> bool:
-    """Whether `model` (a CMAN, possibly PEFT-wrapped) reads transcripts next to its audio."""
-    return bool(getattr(getattr(model, "config", None), "transcribe_audio", False))
 
 
 def _source(value: Any, column: str, bad: RowError) -> bytes | str:
@@ -541,7 +535,7 @@ def _decode_audio(value: Any, column: str, bad: RowError) -> tuple[np.ndarray, i
 
 __all__ = [
     "BadRowError",
-    "CmanRetrievalCollator",
+    "RetrievalCollator",
     "RetrievalColumns",
     "caption_group_id",
     "load_retrieval_dataset",

@@ -11,13 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recipes.arguments import parse_recipe_arguments
-from recipes.train_retrieval import (
-    CmanTrainingArguments,
-    DataArguments,
-    ModelArguments,
-    last_complete_checkpoint,
-)
+from recipes.training.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
+from recipes.training.trainer import last_complete_checkpoint
+from recipes.utils.arguments import parse_recipe_arguments
 from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset, save_tiny_whisper
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +37,7 @@ def recipe_args(assets, output_dir: Path, *extra: str) -> list[str]:
         str(TINY_CONFIG),
         "--text_tower", str(assets["text"]),
         "--audio_tower", str(assets["audio"]),
-        "--vision_tower", str(assets["vision"]),
+        "--image_tower", str(assets["image"]),
         "--dataset_name", str(assets["dataset"]),
         "--output_dir", str(output_dir),
         *extra,
@@ -68,11 +64,11 @@ def evaluate_elsewhere(assets, output_dir: Path, tmp_path: Path) -> dict:
 
 def test_yaml_values_are_overridden_by_command_line_flags(assets, tmp_path):
     model, data, training = parse_recipe_arguments(
-        (ModelArguments, DataArguments, CmanTrainingArguments),
-        recipe_args(assets, tmp_path, "--num_train_epochs", "5", "--cman_config", '{"margin": 0.5}'),
+        (ModelArguments, DataArguments, RetrievalTrainingArguments),
+        recipe_args(assets, tmp_path, "--num_train_epochs", "5", "--model_config", '{"margin": 0.5}'),
     )
     assert training.num_train_epochs == 5 and training.learning_rate == 1e-3
-    assert model.cman_config == {"margin": 0.5} and model.lora_r == 4
+    assert model.model_config == {"margin": 0.5} and model.lora_r == 4 and model.model_type == "cman"
     assert data.test_splits == ["test"]
 
 
@@ -80,7 +76,7 @@ def test_an_unknown_yaml_key_is_refused(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("dataset_name: x\noutput_dir: y\nlearning_rte: 0.1\n")
     with pytest.raises(ValueError, match="learning_rte"):
-        parse_recipe_arguments((ModelArguments, DataArguments, CmanTrainingArguments), [str(config)])
+        parse_recipe_arguments((ModelArguments, DataArguments, RetrievalTrainingArguments), [str(config)])
 
 
 def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduces_its_metrics(
@@ -91,7 +87,8 @@ def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduc
     run([*accelerate, str(REPO / "recipes/accelerate_configs/single_process.yaml"), "recipes/train_retrieval.py",
          *recipe_args(assets, output_dir)])  # fmt: skip
     for name in ("config.json", "model.safetensors", "modeling_cman.py", "configuration_cman.py",
-                 "processing_cman.py", "processor_config.json", "eval_results.json", "trainer_state.json",
+                 "processing_cman.py", "towers.py", "losses.py", "layers.py", "retrieval.py", "processing.py",
+                 "processor_config.json", "eval_results.json", "trainer_state.json",
                  "train.log", "train_log.jsonl", "loss.png", "recall_at_k.png", "tsne.png", "fusion_attention.png"):  # fmt: skip
         assert (output_dir / name).exists(), name
     assert not list(output_dir.glob("*.bin")) and not list(output_dir.glob("*.pt"))
@@ -115,16 +112,18 @@ def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduc
 def test_a_run_whose_whisper_transcribes_saves_the_recognizer_and_reproduces_its_metrics(assets, tmp_path):
     import yaml
 
-    cman_config = yaml.safe_load(TINY_CONFIG.read_text())["cman_config"]
-    cman_config.update(transcribe_audio=True, transcript_max_new_tokens=6)
+    model_config = yaml.safe_load(TINY_CONFIG.read_text())["model_config"]
+    model_config.update(transcribe_audio=True, speech_recognizer_config={"max_new_tokens": 6})
     output_dir = tmp_path / "run"
     run([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, output_dir),
-         "--audio_tower", str(assets["whisper"]), "--cman_config", json.dumps(cman_config),
+         "--audio_tower", str(assets["whisper"]), "--model_config", json.dumps(model_config),
          "--num_train_epochs", "1"])  # fmt: skip
     assert "Transcribed the training and validation audio" in (output_dir / "train.log").read_text()
     weights = load_file(output_dir / "model.safetensors")
     assert any(key.startswith("speech_recognizer.model.decoder.") for key in weights)
-    assert (output_dir / "transcript_tokenizer").is_dir()
+    assert (output_dir / "transcription" / "recognizer").is_dir() and (
+        output_dir / "transcription" / "text"
+    ).is_dir()
     evaluate_elsewhere(assets, output_dir, tmp_path)
 
 
@@ -203,17 +202,28 @@ def test_a_run_killed_after_a_checkpoint_resumes_exactly(assets, tmp_path):
         torch.testing.assert_close(actual[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_ddp_with_two_processes_matches_one_process_with_the_global_batch(tmp_path):
-    """2 ranks x batch B (negatives gathered from both ranks, with gradients) == 1 process x batch 2B."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    run([*torchrun, str(REPO / "tests/recipes/ddp_worker.py"), str(tmp_path)])
-    run([sys.executable, str(REPO / "tests/recipes/ddp_worker.py"), str(tmp_path)])
-    distributed = torch.load(tmp_path / "world2.pt", weights_only=True)
-    single = torch.load(tmp_path / "world1.pt", weights_only=True)
-    torch.testing.assert_close(distributed["loss"], single["loss"], rtol=1e-5, atol=1e-6)
-    assert distributed["grads"].keys() == single["grads"].keys() and single["grads"]
-    for name, grad in single["grads"].items():
-        torch.testing.assert_close(distributed["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+def test_the_recipe_under_accelerate_ddp_trains_like_one_process_on_the_global_batch(assets, tmp_path):
+    """The recipe itself, under `accelerate launch --config_file ddp.yaml` (2 CPU processes over gloo, batch 4 each,
+    negatives gathered across ranks), logs the same losses and ends with the same weights as 1 process with
+    batch 8."""
+    extra = ("--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "no", "--test_splits", "test",
+             "--make_plots", "false", "--lora_dropout", "0.0")  # fmt: skip
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    configs = REPO / "recipes" / "accelerate_configs"
+    two = tmp_path / "ddp"
+    run([*accelerate, str(configs / "ddp.yaml"), "--main_process_port", "29533", "recipes/train_retrieval.py",
+         *recipe_args(assets, two, *extra, "--per_device_train_batch_size", "4")])  # fmt: skip
+    one = tmp_path / "single"
+    run([*accelerate, str(configs / "single_process.yaml"), "recipes/train_retrieval.py",
+         *recipe_args(assets, one, *extra, "--per_device_train_batch_size", "8")])  # fmt: skip
+    assert json.loads((two / "train_results.json").read_text())["train_samples_per_second"] > 0
+    two_losses, one_losses = logged_losses(two), logged_losses(one)
+    assert two_losses.keys() == one_losses.keys() and len(one_losses) == 4  # 16 rows / 8 per step x 2 epochs
+    for step, loss in one_losses.items():
+        assert two_losses[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), step
+    expected, actual = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
 @pytest.fixture(autouse=True)

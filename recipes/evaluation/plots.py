@@ -1,5 +1,5 @@
-"""Plots of a retrieval run: loss curves, recall@K per direction, a t-SNE of the shared space and a fusion
-attention map. Each function writes one PNG and returns its path."""
+"""Plots of a retrieval run: loss curves, recall@K per direction, a t-SNE of the shared space and, for a model with
+a fusion transformer, its attention map. Each function writes one PNG and returns its path."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from modeling.cman.modeling_cman import MODALITY_TYPE_IDS  # noqa: E402
-
 logger = logging.getLogger(__name__)
 
 MODALITY_COLOURS = {
@@ -23,11 +21,10 @@ MODALITY_COLOURS = {
     "audio": "tab:orange",
     "transcript": "tab:purple",
     "image": "tab:green",
-    "cls": "tab:gray",
+    "pooling": "tab:gray",
 }
-TYPE_NAMES = {type_id: name for name, type_id in MODALITY_TYPE_IDS.items()}
 LEGEND_NAMES = {
-    "cls": "pooling",
+    "pooling": "pooling",
     "text": "text",
     "audio": "audio",
     "transcript": "transcript",
@@ -35,7 +32,7 @@ LEGEND_NAMES = {
 }
 
 
-def plot_loss(log_history: list[dict], path: Path) -> Path:
+def plot_loss(log_history: list[dict], path: Path, title: str = "Retrieval loss") -> Path:
     """Training loss per logging step and validation loss per evaluation."""
     train = [(r["step"], r["loss"]) for r in log_history if "loss" in r and "step" in r]
     evals = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r]
@@ -46,7 +43,7 @@ def plot_loss(log_history: list[dict], path: Path) -> Path:
         ax.plot(*zip(*evals), "o-", label="validation loss", color="tab:red")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.set_title("CMAN retrieval loss")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -110,12 +107,16 @@ def plot_tsne(embeddings: dict[str, torch.Tensor], path: Path, seed: int = 0) ->
 
 
 def plot_fusion_attention(
-    attentions: tuple[torch.Tensor, ...], type_ids: torch.Tensor, caption: str, path: Path
+    attentions: tuple[torch.Tensor, ...],
+    type_ids: torch.Tensor,
+    type_names: dict[int, str],
+    caption: str,
+    path: Path,
 ) -> Path:
     """Last fusion layer: the pooling token's attention over every token (top) and the full map (bottom),
-    averaged over heads, with tokens coloured by modality."""
+    averaged over heads, with tokens coloured by their type (`type_names`: type id -> modality name)."""
     last = attentions[-1][0].float().mean(0).numpy()  # (S, S)
-    types = [TYPE_NAMES[int(t)] for t in type_ids]
+    types = [type_names[int(t)] for t in type_ids]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 8), gridspec_kw={"height_ratios": [1, 3]})
     top.bar(range(len(types)), last[0], color=[MODALITY_COLOURS[t] for t in types], width=1.0)
     top.set_ylabel("attention")
@@ -142,21 +143,25 @@ def plot_fusion_attention(
 def write_run_plots(
     output_dir: Path, model, processor, dataset, split: str | None, columns, max_items: int = 200
 ) -> list[Path]:
-    """All plots of a finished run, from `trainer_state.json`, `eval_results.json` and the model itself."""
+    """All plots of a finished run, from `trainer_state.json`, `eval_results.json` and the model itself. The
+    attention map needs a model with a fusion transformer (a `fusion_token_types` table and `fused_model_output`)."""
     from recipes.data.retrieval import (
-        CmanRetrievalCollator,
+        RetrievalCollator,
         add_transcripts,
         prepare_for_lazy_decoding,
         resolve_columns,
-        transcribes_audio,
     )
-    from recipes.evaluate_retrieval import embed_dataset
+    from recipes.evaluation.retrieval import embed_dataset
+    from recipes.utils.models import transcribes_audio
 
     output_dir = Path(output_dir)
     written = []
     state_file = output_dir / "trainer_state.json"
     if state_file.exists():
-        written.append(plot_loss(json.loads(state_file.read_text())["log_history"], output_dir / "loss.png"))
+        title = f"{type(model).__name__.removesuffix('Model')} retrieval loss"
+        written.append(
+            plot_loss(json.loads(state_file.read_text())["log_history"], output_dir / "loss.png", title)
+        )
     results_file = output_dir / "eval_results.json"
     if results_file.exists() and split:
         results = json.loads(results_file.read_text())["results"]
@@ -169,11 +174,12 @@ def write_run_plots(
         subset = prepare_for_lazy_decoding(subset, columns)
         if transcribes_audio(model) and columns.audio in subset.column_names:
             subset = add_transcripts(subset, model, processor, columns, description="transcribing (plots)")
-        collator = CmanRetrievalCollator(processor, columns=columns)
+        collator = RetrievalCollator(processor, columns=columns)
         modalities = resolve_columns(subset, columns, None)
         embeds, _ = embed_dataset(model, collator, subset, [(m,) for m in modalities], description="t-SNE")
         written.append(plot_tsne({m: embeds[(m,)] for m in modalities}, output_dir / "tsne.png"))
-        if len(modalities) > 1:
+        token_types = getattr(model, "fusion_token_types", None)
+        if len(modalities) > 1 and token_types:
             batch = collator([subset[0]])
             batch.pop("group_ids")
             device = next(model.parameters()).device
@@ -181,8 +187,9 @@ def write_run_plots(
             caption = subset[0][columns.text] if columns.text in subset.column_names else ""
             written.append(
                 plot_fusion_attention(
-                    output.fusion_attentions,
-                    output.fusion_token_type_ids.cpu(),
+                    output.fused_model_output.attentions,
+                    output.fused_model_output.token_type_ids.cpu(),
+                    {type_id: name for name, type_id in token_types.items()},
                     caption,
                     output_dir / "fusion_attention.png",
                 )

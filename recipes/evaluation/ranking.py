@@ -24,18 +24,18 @@ if TYPE_CHECKING:
 
 FaissIndexType = Literal["flat", "ivf", "hnsw"]
 
-RECALL_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "retrieval_recall"
+RECALL_METRIC_PATH = Path(__file__).resolve().parents[1] / "metrics" / "retrieval_recall"
 
 _HNSW_M = 32
 
-# Tie tolerance: a score within ``_TIE_RTOL * |query| * max |gallery item|`` (that product bounds every score
+# Tie tolerance: a score within ``TIE_RTOL * |query| * max |gallery item|`` (that product bounds every score
 # of the query's row, and is 1 for L2-normalised embeddings) of the best positive's score counts as a tie.
 # Identical embeddings usually score bit-identically within one matrix product, but FAISS's kernels, the
 # directly computed score of a positive and torch's matrix product round float32 sums differently (by up to
 # a few 1e-7 for 512-d unit vectors). Without a tolerance a collapsed model could still win ties by rounding
 # luck, and the torch and FAISS paths would disagree on them. 1e-6 is about 8 float32 ulps at 1, far below
 # any score difference that separates two real candidates.
-_TIE_RTOL = 1e-6
+TIE_RTOL = 1e-6
 
 
 def rank_of_positives(
@@ -347,7 +347,7 @@ def _ranks_torch(
     device = query.device
     # Counts are summed in the score dtype, exact for integers up to 2 / eps (2**24 for float32).
     count_step = int(2 / torch.finfo(query.dtype).eps)
-    tie_scale = _TIE_RTOL * gallery.norm(dim=1).max()  # times |query|: the tie tolerance of each row
+    tie_scale = TIE_RTOL * gallery.norm(dim=1).max()  # times |query|: the tie tolerance of each row
     offsets = _row_offsets(rows, num_queries)
     rows, cols = rows.to(device), cols.to(device)
     ranks = torch.empty(num_queries, dtype=torch.long)
@@ -391,7 +391,7 @@ def _ranks_faiss(
     if index_type == "hnsw":
         index.hnsw.efSearch = max(search_k, 64)
     queries, gallery = _to_faiss(query_embeds), _to_faiss(gallery_embeds)
-    tie_scale = _TIE_RTOL * float(np.linalg.norm(gallery, axis=1).max())  # as in `_ranks_torch`
+    tie_scale = TIE_RTOL * float(np.linalg.norm(gallery, axis=1).max())  # as in `_ranks_torch`
     censored = min(top_k + 1, num_gallery)
     rows, cols = rows.numpy(), cols.numpy()
     # Each (query, positive) pair as one sorted int64 key for vectorised membership tests.

@@ -1,6 +1,10 @@
-"""One training step of a tiny CMAN, run either by 1 process on the global batch or by `torchrun` with 2 ranks
-on half of it each under DistributedDataParallel. Saves the loss and the (rank-averaged) gradients."""
+"""One training step of a family's tiny model, run either by 1 process on the global batch or by `torchrun` with 2
+ranks on half of it each under DistributedDataParallel. Saves the loss and the (rank-averaged) gradients.
 
+    python tests/ddp_worker.py <test module> <tester class> <output dir>
+"""
+
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -8,24 +12,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from modeling.cman import CmanModel  # noqa: E402
-from tests.cman.test_modeling_cman import cman_inputs  # noqa: E402
-from tests.tiny import tiny_cman_config  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GLOBAL_BATCH = 8
 
 
-def main(output_dir: Path) -> None:
+def main(module: str, tester_name: str, output_dir: Path) -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         dist.init_process_group("gloo")
     rank = dist.get_rank() if world_size > 1 else 0
+    tester = getattr(importlib.import_module(module), tester_name)()
     torch.manual_seed(0)
-    config = tiny_cman_config(max_margin_negatives="hardest")
-    model = CmanModel(config).train()
-    inputs = cman_inputs(config, batch_size=GLOBAL_BATCH, seed=3)
+    config = tester.get_config()
+    model = tester.model_class(config).train()
+    inputs = tester.get_inputs(config, GLOBAL_BATCH, seed=3)
     inputs["group_ids"] = torch.tensor([0, 1, 2, 3, 4, 5, 0, 7])  # rows 0 and 6 describe the same thing
     per_rank = GLOBAL_BATCH // world_size
     inputs = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in inputs.items()}
@@ -40,4 +41,4 @@ def main(output_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(sys.argv[1], sys.argv[2], Path(sys.argv[3]))

@@ -1,6 +1,6 @@
 """YAML + command-line argument parsing shared by every recipe (like TRL's `TrlParser`).
 
-    python recipes/train_retrieval.py recipes/configs/cman_stamps.yaml --num_train_epochs 2 --cman_config '{"margin": 0.1}'
+    python recipes/train_retrieval.py recipes/configs/cman_stamps.yaml --num_train_epochs 2 --model_config '{"margin": 0.1}'
 
 The YAML file gives the values, flags on the command line override them. `dict` fields take JSON on the command line.
 """

@@ -1,0 +1,130 @@
+"""The arguments of the retrieval training recipe, as dataclasses read from a YAML file and the command line
+(see `recipes.utils.arguments.parse_recipe_arguments`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    # Model
+    model_type: str = field(
+        default="cman",
+        metadata={
+            "help": "The family to train (a registered model type: 'cman', ...); ignored with model_name_or_path."
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A saved folder or Hub id to fine-tune (else the model is built from the towers)."},
+    )
+    text_tower: str | None = field(
+        default=None, metadata={"help": "Text tower: Hub id or folder (BERT/RoBERTa)."}
+    )
+    audio_tower: str | None = field(
+        default=None, metadata={"help": "Audio tower: Hub id or folder (AST/Whisper)."}
+    )
+    image_tower: str | None = field(
+        default=None, metadata={"help": "Image tower: Hub id or folder (ViT/timm)."}
+    )
+    load_tower_weights: bool = field(
+        default=True,
+        metadata={"help": "Load the towers' pretrained weights; False trains the same shapes from scratch."},
+    )
+    tower_config_overrides: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per tower ('text'/'audio'/'image') config fields to change, e.g. smaller scratch towers."
+        },
+    )
+    audio_window_seconds: float | None = field(default=None, metadata={"help": "Whisper encoder window (s)."})
+    model_config: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Fields of the family's config (e.g. fusion_encoder_config, projection_dim, loss_type, "
+            "transcribe_audio), passed to its `from_towers`."
+        },
+    )
+    # LoRA
+    use_lora: bool = field(default=True, metadata={"help": "Adapt the frozen towers with PEFT LoRA."})
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.2
+    lora_towers: list[str] = field(
+        default_factory=lambda: ["text", "audio", "image"],
+        metadata={"help": "Towers that get LoRA; the others stay fully frozen."},
+    )
+    lora_last_n: int | None = field(
+        default=None,
+        metadata={
+            "help": "Adapt only the last N target modules of each tower (the backward pass then stops there); "
+            "None adapts every attention query/value projection."
+        },
+    )
+    lora_last_n_per_tower: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per tower ('text'/'audio'/'image'): overrides lora_last_n for that tower; null adapts all."
+        },
+    )
+    save_adapter: bool = field(
+        default=False, metadata={"help": "Also save the PEFT adapter in output_dir/adapter."}
+    )
+
+
+@dataclass
+class DataArguments:
+    # Dataset
+    dataset_name: str = field(metadata={"help": "A folder written by save_to_disk, or a Hub dataset name."})
+    dataset_config_name: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "validation"
+    test_splits: list[str] = field(default_factory=lambda: ["test"])
+    text_column: str | None = "text"
+    audio_column: str | None = "audio"
+    image_column: str | None = "image"
+    id_column: str | None = "id"
+    composed_queries: list[str] = field(default_factory=lambda: ["text+audio:image"])
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip undecodable rows instead of failing; the run logs and records how many it skipped."
+        },
+    )
+    augment_audio: bool = field(
+        default=False,
+        metadata={
+            "help": "Random gain and window crops of training audio (resumed runs then differ from unbroken ones)."
+        },
+    )
+
+
+@dataclass
+class RetrievalTrainingArguments(TrainingArguments):
+    # Training
+    loss_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps trained with `loss_warmup` before the model's own loss (config.loss_type) takes over."
+        },
+    )
+    loss_warmup: str = field(
+        default="all_negatives",
+        metadata={"help": "'all_negatives' (max-margin over every negative) or 'infonce'."},
+    )
+    auto_resume: bool = field(
+        default=True, metadata={"help": "Continue from the last complete checkpoint found in output_dir."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Evaluations without improvement."}
+    )
+    make_plots: bool = field(
+        default=True, metadata={"help": "Write loss, recall, t-SNE and attention plots."}
+    )
+    remove_unused_columns: bool = False
+    report_to: str | list[str] = "tensorboard"

@@ -1,0 +1,176 @@
+"""The `Trainer` side of retrieval training: the loss module and its warm-up schedule, reading the model's outputs by
+name, validation metrics, logging and checkpoint helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback
+
+from modeling.common.losses import ContrastiveLoss, build_loss
+from recipes.evaluation.ranking import positives_from_ids, rank_of_positives, retrieval_metrics
+from recipes.utils.models import MODALITIES, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+#: Losses a warm-up can use before the model's own loss takes over.
+WARMUP_LOSSES = {
+    "all_negatives": lambda config: build_loss("max_margin", margin=config.margin, negatives="all"),
+    "infonce": lambda config: build_loss("infonce"),
+}
+
+
+class LossSchedule:
+    """
+    Which loss module trains at each optimizer step: `warmup` for the first `warmup_steps`, then the model's own
+    loss (`model.retrieval_loss()`, from its config). The model's config is never changed, so a checkpoint saved
+    during the warm-up still records the loss the model is meant to train with.
+    """
+
+    def __init__(self, final: ContrastiveLoss, warmup: ContrastiveLoss | None = None, warmup_steps: int = 0):
+        if warmup_steps and warmup is None:
+            raise ValueError("A loss warm-up needs a warm-up loss.")
+        self.final, self.warmup, self.warmup_steps = final, warmup, warmup_steps
+
+    @classmethod
+    def for_model(cls, model, warmup: str = "all_negatives", warmup_steps: int = 0) -> LossSchedule:
+        if warmup not in WARMUP_LOSSES:
+            raise ValueError(f"loss_warmup must be one of {tuple(WARMUP_LOSSES)}, got {warmup!r}.")
+        model = unwrap_model(model)
+        return cls(
+            model.retrieval_loss(),
+            WARMUP_LOSSES[warmup](model.config) if warmup_steps else None,
+            warmup_steps,
+        )
+
+    def at(self, step: int) -> ContrastiveLoss:
+        return self.warmup if step < self.warmup_steps else self.final
+
+
+class RetrievalTrainer(Trainer):
+    """
+    `Trainer` for the retrieval families: the loss is a module of the training side (see [`LossSchedule`]) applied
+    to the embeddings the model returns (read by name), evaluation batches are collated without augmentation, the
+    evaluation loop hands the embeddings to `compute_metrics`, and partial checkpoint loads are refused.
+    """
+
+    def __init__(self, *args, loss_schedule: LossSchedule, modalities, eval_data_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_schedule = loss_schedule
+        self.modalities = tuple(modalities)
+        self.eval_data_collator = eval_data_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def _loss(self, model, inputs, step: int):
+        group_ids = inputs.pop("group_ids", None)
+        outputs = model(**inputs)
+        embeds = {m: outputs[f"{m}_embeds"] for m in self.modalities}
+        base = unwrap_model(model)
+        loss = self.loss_schedule.at(step)(
+            embeds, base.inverse_temperature(), getattr(base, "logit_bias", None), group_ids
+        )
+        return loss, embeds, group_ids
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, embeds, _ = self._loss(model, dict(inputs), self.state.global_step)
+        return (loss, embeds) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss, embeds, group_ids = self._loss(model, dict(inputs), self.state.global_step)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), tuple(embeds[m].detach() for m in self.modalities), group_ids
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # The stock Trainer loads checkpoints with strict=False and only warns: a renamed or missing tower would
+        # silently keep its initial weights. Resuming must restore every weight.
+        problems = {
+            k: v
+            for k, v in (("missing", load_result.missing_keys), ("unexpected", load_result.unexpected_keys))
+            if v
+        }
+        if problems:
+            raise RuntimeError(
+                f"The checkpoint does not match the model: {problems}. Refusing a partial load."
+            )
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Append every log record to `output_dir/train_log.jsonl` (survives a crash, unlike trainer_state.json)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(Path(args.output_dir) / "train_log.jsonl", "a") as handle:
+                handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+def make_compute_metrics(modalities):
+    """Retrieval metrics of the Trainer's evaluation loop: the embeddings of each modality (in `modalities` order)
+    come as predictions, the group ids as labels. R@1/5/10 and ranks for every direction, and their `mean_recall`."""
+    modalities = [m for m in MODALITIES if m in modalities]
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        embeds = {m: torch.from_numpy(np.asarray(e)) for m, e in zip(modalities, eval_prediction.predictions)}
+        ids = torch.from_numpy(np.asarray(eval_prediction.label_ids)).long()
+        metrics, recalls = {}, []
+        for query in modalities:
+            for gallery in modalities:
+                if query == gallery:
+                    continue
+                ranks = rank_of_positives(embeds[query], embeds[gallery], positives_from_ids(ids, ids))
+                for key, value in retrieval_metrics(ranks).items():
+                    metrics[f"{query}_to_{gallery}_{key}"] = value
+                recalls += [metrics[f"{query}_to_{gallery}_R@{k}"] for k in (1, 5, 10)]
+        metrics["mean_recall"] = float(np.mean(recalls))
+        return metrics
+
+    return compute_metrics
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest `checkpoint-N` folder that was fully written (a crash while saving leaves an incomplete one,
+    which is skipped with a warning)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    required = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+    candidates = sorted(
+        (p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for checkpoint in candidates:
+        has_weights = any(
+            (checkpoint / name).exists() for name in ("model.safetensors", "adapter_model.safetensors")
+        )
+        if has_weights and all((checkpoint / name).exists() for name in required):
+            return str(checkpoint)
+        logger.warning("Skipping incomplete checkpoint %s (interrupted while saving).", checkpoint)
+    return None
+
+
+def save_final_model(model, processor, output_dir: Path, save_adapter: bool = False):
+    """Save a folder `AutoModel.from_pretrained(..., trust_remote_code=True)` loads, with LoRA merged into the towers
+    (the PEFT adapter is kept in `output_dir/adapter` with `save_adapter`). Returns the plain model."""
+    if hasattr(model, "peft_config"):
+        if save_adapter:
+            model.save_pretrained(Path(output_dir) / "adapter")
+        model = model.merge_and_unload()
+    model = unwrap_model(model)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return model
