@@ -153,7 +153,7 @@ class RetrievalModelTesterMixin:
         model = self._model()
         output = model(**self.get_inputs(model.config, self.batch_size), **self.forward_kwargs)
         scale = model.inverse_temperature()
-        assert abs(float(scale) - 1 / model.config.temperature) < 1e-3 * float(scale)
+        assert abs(float(scale.detach()) - 1 / model.config.temperature) < 1e-3 * float(scale.detach())
         pairs = {"text": "image", "image": "text", "audio": "text"}
         bias = getattr(model, "logit_bias", None)
         for modality, partner in pairs.items():

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration import CrossModalConfigMixin
 from .layers import FusionTransformerConfig
-from .losses import LOSSES, MAX_MARGIN_NEGATIVES
-from .speech import SpeechRecognizerConfig, whisper_generation_config
-from .towers import (
-    audio_window_seconds,
-    check_tower_config,
-    shorten_whisper_window,
-    tower_config_from_pretrained,
-)
+from .speech import SpeechRecognizerConfig
 
 
 @strict
-class CmanConfig(PreTrainedConfig):
+class CmanConfig(CrossModalConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a [`CmanModel`]: three pretrained encoders (text, audio, image), a per-modality projection, a
     unified fusion transformer over the tokens of whichever modalities are present, and one `projection_dim`-d
@@ -93,105 +85,11 @@ class CmanConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        for modality in ("text", "audio", "image"):
-            check_tower_config(getattr(self, f"{modality}_config"), modality, "CmanConfig")
-        if self.loss_type not in LOSSES:
+        self.check_cross_modal_fields()
+        if self.audio_token_stride < 1:
             raise ValueError(
-                f"CmanConfig.loss_type={self.loss_type!r} is not supported; choose one of {tuple(LOSSES)}."
+                f"CmanConfig.audio_token_stride must be a positive integer, got {self.audio_token_stride}."
             )
-        if self.max_margin_negatives not in MAX_MARGIN_NEGATIVES:
-            raise ValueError(
-                f"CmanConfig.max_margin_negatives={self.max_margin_negatives!r} is not supported; choose one of "
-                f"{MAX_MARGIN_NEGATIVES}."
-            )
-        for field in ("projection_dim", "audio_token_stride"):
-            if getattr(self, field) < 1:
-                raise ValueError(
-                    f"CmanConfig.{field} must be a positive integer, got {getattr(self, field)}."
-                )
-        if self.margin < 0:
-            raise ValueError(f"CmanConfig.margin must be >= 0, got {self.margin}.")
-        if self.temperature <= 0:
-            raise ValueError(f"CmanConfig.temperature must be > 0, got {self.temperature}.")
-        if self.speech_recognizer_config is not None and self.audio_config.model_type != "whisper":
-            raise ValueError(
-                "CmanConfig.speech_recognizer_config needs a Whisper audio tower (its decoder transcribes the clips); "
-                f"the audio tower is {self.audio_config.model_type!r}. Set speech_recognizer_config=None."
-            )
-
-    @classmethod
-    def from_dict(cls, config_dict: dict, **kwargs):
-        model_type = config_dict.get("model_type")
-        if model_type is not None and model_type != cls.model_type:
-            raise ValueError(
-                f"This checkpoint is a {model_type!r} model, not a CMAN ({cls.model_type!r}) one. To use it as a CMAN "
-                "tower, build the config with CmanConfig.from_towers(text=..., audio=..., image=...)."
-            )
-        return super().from_dict(config_dict, **kwargs)
-
-    @property
-    def transcribes_audio(self) -> bool:
-        """Whether the audio carries what a frozen recogniser hears in it (`speech_recognizer_config` is set)."""
-        return self.speech_recognizer_config is not None
-
-    @property
-    def audio_window_seconds(self) -> float:
-        """Seconds of audio the audio tower sees (Whisper window or AST `max_length` frames of 10 ms)."""
-        return audio_window_seconds(self.audio_config)
-
-    @classmethod
-    def from_towers(
-        cls,
-        text: str | os.PathLike | PreTrainedConfig | None = None,
-        audio: str | os.PathLike | PreTrainedConfig | None = None,
-        image: str | os.PathLike | PreTrainedConfig | None = None,
-        *,
-        audio_window_seconds: float | None = None,
-        transcribe_audio: bool = False,
-        **kwargs,
-    ) -> CmanConfig:
-        """
-        Build a config from three towers. Each tower is a Hub id or folder (its config is read and the name recorded
-        so [`CmanModel.from_encoders_pretrained`] loads its weights), a config object (a tower trained from scratch),
-        or `None` for the default (RoBERTa-base, AST, ViT-B/16 configs, random weights).
-
-        `audio_window_seconds` shortens a Whisper encoder to that window (e.g. 5.0 -> 250 positions).
-        `transcribe_audio=True` (a pretrained Whisper audio tower) adds the speech recogniser, with the checkpoint's
-        generation config; `speech_recognizer_config` may be passed too (its settings) and implies it.
-
-        Example:
-        ```python
-        >>> config = CmanConfig.from_towers(
-        ...     text="towers/minilm-l6", audio="towers/whisper-tiny-en", image="towers/efficientnet-lite0",
-        ...     audio_window_seconds=5.0, fusion_encoder_config={"hidden_size": 256, "num_hidden_layers": 2},
-        ... )
-        ```"""
-        sub_configs, names = {}, {}
-        for modality, tower in (("text", text), ("audio", audio), ("image", image)):
-            if tower is None:
-                continue
-            if isinstance(tower, PreTrainedConfig):
-                sub_configs[f"{modality}_config"] = tower
-                continue
-            sub_configs[f"{modality}_config"] = tower_config_from_pretrained(tower, modality)
-            names[f"{modality}_model_name_or_path"] = str(tower)
-        if audio_window_seconds is not None:
-            shorten_whisper_window(sub_configs.get("audio_config"), audio_window_seconds)
-        recognizer = kwargs.pop("speech_recognizer_config", None)
-        if transcribe_audio or recognizer is not None:
-            recognizer = dict(
-                recognizer.to_dict() if isinstance(recognizer, PreTrainedConfig) else recognizer or {}
-            )
-            if "audio_model_name_or_path" not in names:
-                raise ValueError(
-                    "transcribe_audio=True needs a pretrained Whisper checkpoint as the audio tower (a name or folder): "
-                    "a recogniser with random weights transcribes nothing."
-                )
-            recognizer.setdefault(
-                "generation_config", whisper_generation_config(names["audio_model_name_or_path"])
-            )
-            kwargs["speech_recognizer_config"] = recognizer
-        return cls(**sub_configs, **names, **kwargs)
 
 
 __all__ = ["CmanConfig"]

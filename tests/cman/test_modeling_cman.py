@@ -339,7 +339,7 @@ def test_a_tower_config_of_the_wrong_kind_is_refused():
 
 def test_loading_a_checkpoint_of_another_model_gives_a_clear_error(tmp_path):
     paths = save_tiny_pretrained_towers(tmp_path)
-    with pytest.raises(ValueError, match="not a CMAN"):
+    with pytest.raises(ValueError, match="a 'roberta' model, not a 'cman' one"):
         CmanModel.from_pretrained(paths["text"])
 
 
