@@ -28,77 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recipes.data.stamps import espeak_voice, normalize_description, synthesize  # noqa: E402
+from recipes.evaluation.asr_cascade import embed, transcribe  # noqa: E402
 from recipes.evaluation.ranking import positives_from_ids, rank_of_positives, retrieval_metrics  # noqa: E402
-
-
-def transcribe(
-    waves: list[np.ndarray],
-    whisper_dir: str,
-    batch_size: int,
-    window_seconds: float = 30.0,
-    repetition_penalty: float = 1.0,
-    max_new_tokens: int = 64,
-) -> list[str]:
-    """Greedy transcripts; a window under 30 s slices the encoder's positions as CMAN's recogniser does."""
-    from transformers import (
-        AutoConfig,
-        AutoTokenizer,
-        GenerationConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-    )
-
-    from modeling.common.processing import whisper_window_feature_extractor
-    from modeling.common.speech import load_pretrained_recognizer_state
-    from modeling.common.towers import WHISPER_TOKENS_PER_SECOND
-
-    config = AutoConfig.from_pretrained(whisper_dir)
-    config.max_source_positions = round(window_seconds * WHISPER_TOKENS_PER_SECOND)
-    model = WhisperForConditionalGeneration(config).eval()
-    load_pretrained_recognizer_state(model, whisper_dir)
-    model.generation_config = GenerationConfig.from_pretrained(whisper_dir)
-    feature_extractor = whisper_window_feature_extractor(
-        WhisperFeatureExtractor.from_pretrained(whisper_dir), window_seconds
-    )
-    tokenizer = AutoTokenizer.from_pretrained(whisper_dir)
-    transcripts = []
-    for start in tqdm(range(0, len(waves), batch_size), desc="Transcribing", unit="batch"):
-        features = feature_extractor(
-            waves[start : start + batch_size], sampling_rate=16_000, return_tensors="pt"
-        ).input_features
-        with torch.no_grad():
-            ids = model.generate(
-                features,
-                max_new_tokens=max_new_tokens,
-                repetition_penalty=repetition_penalty,
-                do_sample=False,
-            )
-        transcripts += tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return [t.strip() for t in transcripts]
-
-
-def embed(text_lists: list[list[str]], minilm_dir: str) -> list[torch.Tensor]:
-    """Mean-pooled, L2-normalised MiniLM embeddings of each list of texts (the model is loaded once)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer, model = AutoTokenizer.from_pretrained(minilm_dir), AutoModel.from_pretrained(minilm_dir).eval()
-    embeddings = []
-    for texts in text_lists:
-        batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        with torch.no_grad():
-            hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"][..., None]
-        embeddings.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-    return embeddings
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
             ),
         )
     logger.info("Parameters:\n%s", model.parameter_table())
+    trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     # Training
     training_args.label_names = ["group_ids"]
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         if resume:
             logger.info("Resuming from the last complete checkpoint in output_dir: %s", resume)
     train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result.metrics["trainable_parameters"] = trainable_parameters
     if data_args.skip_bad_rows:
         train_result.metrics["skipped_bad_rows"] = train_collator.num_skipped + eval_collator.num_skipped
         logger.warning(

@@ -99,6 +99,20 @@ def tiny_cman_config(fusion: dict | None = None, **overrides) -> CmanConfig:
     return CmanConfig(**fields)
 
 
+def tiny_late_fusion_config(**overrides):
+    """A tiny late-fusion model on random RoBERTa / AST / ViT towers."""
+    from modeling.late_fusion import LateFusionConfig
+
+    fields = dict(
+        text_config=tiny_text_config(),
+        audio_config=tiny_audio_config(),
+        image_config=tiny_image_config(),
+        projection_dim=TINY_PROJECTION_DIM,
+    )
+    fields.update(overrides)
+    return LateFusionConfig(**fields)
+
+
 def tiny_tokenizer(folder: str | Path) -> RobertaTokenizer:
     """A byte-level BPE tokenizer (RoBERTa format) trained on `CORPUS`, saved to `folder`."""
     from tokenizers import ByteLevelBPETokenizer

@@ -40,7 +40,8 @@ class CrossModalProcessor(ProcessorMixin):
     r"""
     Wraps the text tower's tokenizer, the audio tower's feature extractor (AST filter banks or Whisper log-mel) and
     the image tower's image processor. Any subset of `text=`, `audio=` (with `sampling_rate=`) and `images=` may be
-    passed; when several are, they describe the same items and must have the same length.
+    passed, with any number of items each (as CLIP's processor: e.g. candidate captions for one image); the model
+    refuses different batch sizes where it needs pairs (a fused query, the loss).
 
     Args:
         tokenizer: a tokenizer (e.g. `RobertaTokenizer`).
@@ -159,15 +160,12 @@ class CrossModalProcessor(ProcessorMixin):
             **text_kwargs,
         }
         data: dict[str, torch.Tensor] = {}
-        lengths: dict[str, int] = {}
         if text is not None:
             texts = self._check_text(text)
-            lengths["text"] = len(texts)
             data.update(self.tokenizer(texts, return_tensors=return_tensors, **tokenizer_kwargs))
             data.pop("token_type_ids", None)
         if audio is not None:
             waves = self._check_audio(audio, sampling_rate)
-            lengths["audio"] = len(waves)
             data.update(self._audio_features(waves, return_tensors))
         if transcripts is not None:
             if audio is None:
@@ -176,22 +174,16 @@ class CrossModalProcessor(ProcessorMixin):
             for index, item in enumerate(said):
                 if not isinstance(item, str):
                     raise TypeError(f"transcripts[{index}] is a {type(item).__name__}, expected a string.")
-            if len(said) != lengths["audio"]:
+            if len(said) != len(waves):
                 raise ValueError(
-                    f"Got {len(said)} transcripts for {lengths['audio']} audio clips; give one per clip."
+                    f"Got {len(said)} transcripts for {len(waves)} audio clips; give one per clip."
                 )
             tokens = self.tokenizer(said, return_tensors=return_tensors, **tokenizer_kwargs)
             data["transcript_input_ids"] = tokens["input_ids"]
             data["transcript_attention_mask"] = tokens["attention_mask"]
         if images is not None:
             pictures = self._check_images(images)
-            lengths["images"] = len(pictures)
             data.update(self.image_processor(pictures, return_tensors=return_tensors))
-        if len(set(lengths.values())) > 1:
-            raise ValueError(
-                f"text, audio and images describe the same items and must have the same length, got {lengths}. "
-                "Call the processor once per modality to embed unpaired inputs."
-            )
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ------------------------------------------------------------------ validation

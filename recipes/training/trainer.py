@@ -97,16 +97,19 @@ class RetrievalTrainer(Trainer):
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # The stock Trainer loads checkpoints with strict=False and only warns: a renamed or missing tower would
-        # silently keep its initial weights. Resuming must restore every weight.
-        problems = {
-            k: v
-            for k, v in (("missing", load_result.missing_keys), ("unexpected", load_result.unexpected_keys))
-            if v
-        }
+        # silently keep its initial weights. Resuming must restore every weight but the tied copies (e.g. the
+        # recogniser's output matrix, stored once with its token embeddings).
+        tied = set(getattr(unwrap_model(self.model), "all_tied_weights_keys", None) or {})
+        missing = [
+            key for key in load_result.missing_keys if key.removeprefix("base_model.model.") not in tied
+        ]
+        problems = {k: v for k, v in (("missing", missing), ("unexpected", load_result.unexpected_keys)) if v}
         if problems:
             raise RuntimeError(
                 f"The checkpoint does not match the model: {problems}. Refusing a partial load."
             )
+        if load_result.missing_keys:
+            unwrap_model(self.model).tie_weights()
 
 
 class JsonlLogCallback(TrainerCallback):

@@ -90,7 +90,6 @@ def test_a_clip_longer_than_the_window_is_truncated_and_logged(processor, caplog
         ),
         ({"images": [Image.new("RGB", (8, 8)), 42]}, TypeError, r"images\[1\] is a int, not an image"),
         ({"text": ["a dog", "   "]}, ValueError, r"text\[1\] is empty"),
-        ({"text": ["a", "b"], "images": [Image.new("RGB", (8, 8))]}, ValueError, "same length"),
         ({}, ValueError, "at least one"),
         ({"text": ["a dog"], "transcripts": ["a dog"]}, ValueError, "pass the clips as `audio=`"),
         (
@@ -159,6 +158,17 @@ def test_transcripts_are_tokenized_like_text_and_may_be_empty(processor):
     torch.testing.assert_close(features["transcript_input_ids"][0, :length], text["input_ids"][0])
     # An empty transcript (a clip without speech) is just the special tokens.
     assert features["transcript_attention_mask"].sum(-1).tolist() == [length, 2]
+
+
+def test_modalities_may_have_different_counts_as_clips_processor_allows(processor):
+    """Candidate captions for one image (zero-shot classification); the model refuses to fuse or contrast them."""
+    features = processor(text=["a dog", "a cat", "a bird"], images=[Image.new("RGB", (8, 8))])
+    assert features["input_ids"].shape[0] == 3 and features["pixel_values"].shape[0] == 1
+    model = CmanModel(tiny_cman_config()).eval()
+    with torch.no_grad():
+        assert model(**features).logits_per_image.shape == (1, 3)
+    with pytest.raises(ValueError, match="same batch size"):
+        model(**features, fuse=True)
 
 
 def test_tokenizer_settings_are_honoured_and_unknown_keywords_refused(processor):

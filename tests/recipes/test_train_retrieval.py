@@ -109,6 +109,22 @@ def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduc
                 assert again[group][direction][key] == pytest.approx(metrics[key], abs=1e-4), (direction, key)
 
 
+def test_the_same_recipe_trains_the_late_fusion_family_chosen_in_the_yaml(assets, tmp_path):
+    output_dir = tmp_path / "run"
+    run([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, output_dir), "--model_type", "late_fusion",
+         "--model_config", '{"projection_dim": 16, "loss_type": "sigmoid", "temperature": 0.1}',
+         "--num_train_epochs", "1"])  # fmt: skip
+    config = json.loads((output_dir / "config.json").read_text())
+    assert (
+        config["model_type"] == "late_fusion"
+        and config["auto_map"]["AutoModel"] == "modeling_late_fusion.LateFusionModel"
+    )
+    assert (output_dir / "modeling_late_fusion.py").exists() and not (output_dir / "layers.py").exists()
+    assert not (output_dir / "fusion_attention.png").exists()  # no fusion transformer to draw
+    assert json.loads((output_dir / "train_results.json").read_text())["trainable_parameters"] > 0
+    evaluate_elsewhere(assets, output_dir, tmp_path)
+
+
 def test_a_run_whose_whisper_transcribes_saves_the_recognizer_and_reproduces_its_metrics(assets, tmp_path):
     import yaml
 
