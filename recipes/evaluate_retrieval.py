@@ -64,6 +64,9 @@ class EvaluationArguments:
     nprobe: int = field(default=32, metadata={"help": "inverted lists an ivf index searches per query"})
     max_items: int | None = None
     skip_bad_rows: bool = field(default=False, metadata={"help": "leave out (and count) undecodable rows"})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "read and keep transcripts there (named by dataset and recogniser)"}
+    )
     output_dir: str | None = field(
         default=None, metadata={"help": "where eval_results.json goes (default: the model folder)"}
     )
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         nprobe=args.nprobe,
         max_items=args.max_items,
         skip_bad_rows=args.skip_bad_rows,
+        cache_dir=args.cache_dir,
     )
     output_dir = Path(args.output_dir or args.model)
     if args.output_dir:

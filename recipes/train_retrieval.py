@@ -24,6 +24,7 @@ from transformers import EarlyStoppingCallback, set_seed
 if __package__ in (None, ""):  # run as a script (e.g. by accelerate launch): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling.common.towers import FrozenPrefixCache, describe_frozen_prefix  # noqa: E402
 from recipes.data.retrieval import (  # noqa: E402
     RetrievalCollator,
     RetrievalColumns,
@@ -35,16 +36,19 @@ from recipes.data.retrieval import (  # noqa: E402
 from recipes.evaluation.retrieval import RetrievalEvalConfig, evaluate_model, format_results  # noqa: E402
 from recipes.training.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments  # noqa: E402
 from recipes.training.model import build_model_and_processor, lora_targets  # noqa: E402
-from recipes.training.trainer import (  # noqa: E402
+from recipes.training.trainer import (  # noqa: E402  # noqa: E402
+    FrozenPrefixCacheCallback,
     JsonlLogCallback,
     LossSchedule,
     RetrievalTrainer,
+    default_cache_dir,
     last_complete_checkpoint,
     make_compute_metrics,
     save_final_model,
 )
 from recipes.utils.arguments import parse_recipe_arguments  # noqa: E402
-from recipes.utils.models import transcribes_audio  # noqa: E402
+from recipes.utils.hardware import choose_precision  # noqa: E402
+from recipes.utils.models import transcribes_audio, unwrap_model  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
         logging.getLogger().addHandler(file_handler)
     set_seed(training_args.seed)
     started = time.perf_counter()
+    cache_dir = Path(training_args.cache_dir) if training_args.cache_dir else default_cache_dir()
+    training_args.bf16, precision = choose_precision(training_args.precision, training_args.device.type)
+    logger.info("Training precision: %s", precision)
 
     # Dataset
     columns = RetrievalColumns(
@@ -129,6 +136,13 @@ def main(argv: list[str] | None = None) -> dict:
         )
     logger.info("Parameters:\n%s", model.parameter_table())
     trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    prefix_cache = None
+    if training_args.cache_frozen_prefix:
+        # Only what no trainable parameter touches: the layers below each tower's first LoRA (or trainable) layer.
+        prefix_cache = FrozenPrefixCache(cache_dir / "frozen_prefix")
+        unwrap_model(model).enable_frozen_prefix_cache(prefix_cache)
+        for modality, tower in unwrap_model(model).towers().items():
+            logger.info("Frozen prefix cached for the %s tower: %s", modality, describe_frozen_prefix(tower))
 
     # Training
     training_args.label_names = ["group_ids"]
@@ -138,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     eval_collator = RetrievalCollator(processor, columns=columns, skip_bad_rows=data_args.skip_bad_rows)
     callbacks = [JsonlLogCallback()]
+    if prefix_cache is not None:
+        callbacks.append(FrozenPrefixCacheCallback(prefix_cache))
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     trainer = RetrievalTrainer(
@@ -153,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
             model, training_args.loss_warmup, training_args.loss_warmup_steps
         ),
         modalities=modalities,
+        composed_loss_weight=training_args.composed_loss_weight,
     )
     resume = training_args.resume_from_checkpoint
     if resume is None and training_args.auto_resume:
@@ -166,6 +183,15 @@ def main(argv: list[str] | None = None) -> dict:
         logger.warning(
             "Skipped %d bad row(s) in training and validation.", train_result.metrics["skipped_bad_rows"]
         )
+    if prefix_cache is not None:
+        unwrap_model(trainer.model).enable_frozen_prefix_cache(
+            None
+        )  # the final evaluation computes everything
+        summary = prefix_cache.summary()
+        train_result.metrics["frozen_prefix_hits"] = sum(stats["hits"] for stats in summary.values())
+        train_result.metrics["frozen_prefix_misses"] = sum(stats["misses"] for stats in summary.values())
+        if trainer.is_world_process_zero():
+            (output_dir / "frozen_prefix_cache.json").write_text(json.dumps(summary, indent=2) + "\n")
     trainer.save_state()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -181,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
                 composed=data_args.composed_queries,
                 batch_size=training_args.per_device_eval_batch_size,
                 skip_bad_rows=data_args.skip_bad_rows,
+                cache_dir=cache_dir,
             )
             final.to(training_args.device)
             results["retrieval"] = evaluate_model(final, processor, dataset, eval_config)
@@ -196,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
             from recipes.evaluation.plots import write_run_plots
 
             first_test = data_args.test_splits[0] if data_args.test_splits else None
-            write_run_plots(output_dir, final, processor, dataset, first_test, columns)
+            write_run_plots(output_dir, final, processor, dataset, first_test, columns, cache_dir=cache_dir)
         logger.info(
             "Run finished in %.0f s; model and results in %s", time.perf_counter() - started, output_dir
         )

@@ -199,6 +199,23 @@ class RetrievalModelTesterMixin:
             for a, b in zip(expected, actual, strict=True):
                 torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
 
+    def test_combinations_in_forward_are_the_composed_queries_of_encode(self):
+        model = self._model()
+        inputs = self.get_inputs(model.config, self.batch_size)
+        pairs = [
+            c
+            for c in (("text", "audio"), ("audio", "image"), ("text", "image"))
+            if set(c) <= set(self.modalities)
+        ]
+        with torch.no_grad():
+            output = model(**inputs, combinations=pairs)
+            encoded = model.encode(pairs, **inputs)
+        assert set(output.combined_embeds) == {"+".join(c) for c in pairs}
+        for pair in pairs:
+            torch.testing.assert_close(
+                output.combined_embeds["+".join(pair)], encoded[pair], rtol=0, atol=1e-6
+            )
+
     # ------------------------------------------------------------------------------- get_<modality>_features
     @pytest.mark.parametrize("return_dict", [True, False, None])
     def test_get_features_output(self, return_dict):
@@ -386,8 +403,15 @@ class RetrievalModelTesterMixin:
         assert losses[-1] < 0.5 * losses[0], losses
 
     def test_every_trainable_parameter_gets_a_gradient(self):
+        """After one optimizer step (a zero-initialised output layer passes no gradient back until it has moved), every
+        trainable parameter gets a gradient from the loss."""
         model = self._model().train()
-        self.loss_for_gradients(model, self.get_inputs(model.config, self.batch_size)).backward()
+        inputs = self.get_inputs(model.config, self.batch_size)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        self.loss_for_gradients(model, inputs).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        self.loss_for_gradients(model, inputs).backward()
         missing = [
             name for name, p in model.named_parameters()
             if p.requires_grad and (p.grad is None or not p.grad.abs().sum()) and name not in self.parameters_without_gradient

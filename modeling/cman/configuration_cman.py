@@ -40,6 +40,11 @@ class CmanConfig(CrossModalConfigMixin, PreTrainedConfig):
         freeze_encoders (`bool`, defaults to `True`): freeze the towers (adapt them with LoRA).
         audio_token_stride (`int`, defaults to 1): average-pool the audio tower's tokens over this many frames
             before fusion (Whisper emits 50 per second; 2-4 keep speech intelligible at a fraction of the cost).
+        late_fusion_residual (`bool`, defaults to `True`): add the fusion transformer's output to a late-fusion
+            embedding (each segment's masked-mean tower tokens, linearly projected; the transcript through the text
+            projection) whose sum it refines. The fusion's output projection starts at zero, so an untrained CMAN is a
+            late-fusion model, and training only moves it away where fusing helps. `False`: the embedding is the
+            fusion transformer's pooled output alone.
         projection_dim (`int`, defaults to 512): size of the shared embedding space.
         initializer_range (`float`, defaults to 0.02): std of the normal initialiser of new weights.
         loss_type (`str`, defaults to `"max_margin"`): the loss this model trains with (a key of `LOSSES`:
@@ -75,6 +80,7 @@ class CmanConfig(CrossModalConfigMixin, PreTrainedConfig):
     image_model_name_or_path: str | None = None
     freeze_encoders: bool = True
     audio_token_stride: int = 1
+    late_fusion_residual: bool = True
     projection_dim: int = 512
     initializer_range: float = 0.02
     loss_type: str = "max_margin"

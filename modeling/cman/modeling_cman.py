@@ -23,6 +23,7 @@ from .retrieval import (
     RetrievalOutput,
     check_combinations,
     check_unknown_kwargs,
+    combination_key,
     format_parameter_table,
     parameter_counts,
     present_modalities,
@@ -54,6 +55,9 @@ PARAMETER_GROUPS = {
     "image_projection": "modality projections",
     "fusion_encoder": "fusion transformer",
     "embedding_projection": "embedding projection",
+    "text_pooled_projection": "late-fusion projections",
+    "audio_pooled_projection": "late-fusion projections",
+    "image_pooled_projection": "late-fusion projections",
     "speech_recognizer": "speech recogniser (frozen)",
     "logit_scale": "temperature",
 }
@@ -107,6 +111,8 @@ class CmanPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, CmanModel):
             init.constant_(module.logit_scale, math.log(1.0 / self.config.temperature))
+            if self.config.late_fusion_residual:  # the fusion starts as a zero refinement of late fusion
+                init.zeros_(module.embedding_projection.weight)
 
 
 class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
@@ -138,6 +144,16 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
             pooling_type_id=TOKEN_TYPE_IDS["pooling"],
         )
         self.embedding_projection = nn.Linear(hidden, config.projection_dim, bias=False)
+        if config.late_fusion_residual:
+            self.text_pooled_projection = nn.Linear(
+                tower_hidden_size(self.text_model), config.projection_dim, bias=False
+            )
+            self.audio_pooled_projection = nn.Linear(
+                tower_hidden_size(self.audio_model), config.projection_dim, bias=False
+            )
+            self.image_pooled_projection = nn.Linear(
+                tower_hidden_size(self.image_model), config.projection_dim, bias=False
+            )
         # A frozen pretrained Whisper that transcribes the audio; never trained, never adapted.
         self.speech_recognizer = None
         if config.speech_recognizer_config is not None:
@@ -158,13 +174,22 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
             self.speech_recognizer.requires_grad_(False)
 
     def trainable_modules(self) -> list[str]:
-        return [
+        modules = [
             "text_projection",
             "audio_projection",
             "image_projection",
             "fusion_encoder",
             "embedding_projection",
         ]
+        if self.config.late_fusion_residual:
+            modules += ["text_pooled_projection", "audio_pooled_projection", "image_pooled_projection"]
+        return modules
+
+    def _pooled(self, projection_name: str, tokens) -> torch.Tensor | None:
+        """A segment's late-fusion summary: its masked-mean tower tokens through `projection_name`."""
+        if not self.config.late_fusion_residual:
+            return None
+        return getattr(self, projection_name)(tokens.mean())
 
     @classmethod
     def from_encoders_pretrained(cls, config: CmanConfig, **from_pretrained_kwargs) -> CmanModel:
@@ -205,8 +230,11 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
     def _text_segment(
         self, input_ids, attention_mask=None, token_type_ids=None, type_id=TOKEN_TYPE_IDS["text"]
     ):
-        tokens = text_tokens(self.text_model, input_ids, attention_mask, token_type_ids)
-        return FusionSegment(type_id, self.text_projection(tokens.hidden), tokens.mask)
+        tokens = text_tokens(
+            self.text_model, input_ids, attention_mask, token_type_ids, self.frozen_prefix_cache
+        )
+        pooled = self._pooled("text_pooled_projection", tokens)
+        return FusionSegment(type_id, self.text_projection(tokens.hidden), tokens.mask, pooled)
 
     def _audio_segments(
         self,
@@ -224,8 +252,12 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
             input_values,
             audio_attention_mask,
             self.config.audio_token_stride,
+            self.frozen_prefix_cache,
         )
-        segments = [FusionSegment(TOKEN_TYPE_IDS["audio"], self.audio_projection(tokens.hidden), tokens.mask)]
+        pooled = self._pooled("audio_pooled_projection", tokens)
+        segments = [
+            FusionSegment(TOKEN_TYPE_IDS["audio"], self.audio_projection(tokens.hidden), tokens.mask, pooled)
+        ]
         if self.speech_recognizer is not None:
             if transcript_input_ids is None:
                 transcript_input_ids, transcript_attention_mask = self.transcript_inputs(input_features)
@@ -242,8 +274,11 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
         return segments
 
     def _image_segment(self, pixel_values):
-        tokens = image_tokens(self.image_model, pixel_values)
-        return FusionSegment(TOKEN_TYPE_IDS["image"], self.image_projection(tokens.hidden), tokens.mask)
+        tokens = image_tokens(self.image_model, pixel_values, self.frozen_prefix_cache)
+        pooled = self._pooled("image_pooled_projection", tokens)
+        return FusionSegment(
+            TOKEN_TYPE_IDS["image"], self.image_projection(tokens.hidden), tokens.mask, pooled
+        )
 
     def _segments(self, **inputs) -> dict[str, list[FusionSegment]]:
         """The fusion segments of each modality passed (each tower runs once)."""
@@ -285,7 +320,10 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
                 "unpaired inputs one modality at a time."
             )
         output = self.fusion_encoder(segments, output_attentions, output_hidden_states)
-        output.pooler_output = F.normalize(self.embedding_projection(output.pooler_output), dim=-1)
+        embedding = self.embedding_projection(output.pooler_output)
+        if self.config.late_fusion_residual:  # the fusion refines the sum of the segments' own projections
+            embedding = embedding + sum(segment.pooled for segment in segments)
+        output.pooler_output = F.normalize(embedding, dim=-1)
         return output
 
     # --------------------------------------------------------------------------------------- retrieval interface
@@ -370,6 +408,7 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
         transcript_attention_mask: torch.Tensor | None = None,
         group_ids: torch.Tensor | None = None,
         fuse: bool = False,
+        combinations: list[tuple[str, ...]] | None = None,
         return_loss: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -384,6 +423,9 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
             negatives of each other.
         fuse (`bool`, defaults to `False`):
             Also embed all the modalities passed together (`fused_embeds`), e.g. text + audio -> image queries.
+        combinations (`list[tuple[str, ...]]`, *optional*):
+            Also embed these combinations of the modalities passed (`combined_embeds`, keyed `"text+audio"`), in the
+            same pass of the towers.
         return_loss (`bool`, *optional*):
             Compute the loss of `config.loss_type` over every pair of modalities passed (needs two or more, with the
             same batch size).
@@ -411,6 +453,14 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
             if len(segments) < 2:
                 raise ValueError("`fuse=True` needs two or more modalities in the same call.")
             fused = self._fuse([part for m in MODALITIES if m in segments for part in segments[m]], *flags)
+        combined = None
+        if combinations:
+            combined = {
+                combination_key(c): self._fuse(
+                    [part for m in MODALITIES if m in c for part in segments[m]]
+                ).pooler_output
+                for c in check_combinations(combinations, list(segments))
+            }
         loss = None
         if return_loss:
             if len(embeds) < 2:
@@ -423,6 +473,7 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
             **{f"{modality}_model_output": output for modality, output in passes.items()},
             fused_embeds=None if fused is None else fused.pooler_output,
             fused_model_output=fused,
+            combined_embeds=combined,
         )
 
     # ---------------------------------------------------------------------------------------------------- helpers

@@ -358,11 +358,14 @@ class FusionLayer(GradientCheckpointingLayer):
 @dataclass
 class FusionSegment:
     """The tokens one modality contributes to a fused sequence: `tokens` `(batch, length, hidden)`, `mask`
-    `(batch, length)` (True for real tokens) and the `type_id` every token carries."""
+    `(batch, length)` (True for real tokens) and the `type_id` every token carries. `pooled` `(batch, dim)`, when a
+    family sets it, is the segment's own summary (e.g. its projected mean), which the family adds to the fused
+    embedding: a late-fusion path beside the fusion transformer."""
 
     type_id: int
     tokens: torch.Tensor
     mask: torch.Tensor
+    pooled: torch.Tensor | None = None
 
 
 @dataclass

@@ -195,6 +195,18 @@ class TranscribingMixin:
         recognizer_tokenizer.save_pretrained(folder / "recognizer")
         text_tokenizer.save_pretrained(folder / "text")
 
+    def recognizer_fingerprint(self) -> str:
+        """A digest of what decides the transcripts: the recogniser's weights and its decoding settings."""
+        if getattr(self, "_recognizer_fingerprint", None) is None:
+            import hashlib
+
+            digest = hashlib.sha256(self.config.speech_recognizer_config.to_json_string().encode())
+            for name, tensor in sorted(self.speech_recognizer.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            self._recognizer_fingerprint = digest.hexdigest()[:24]
+        return self._recognizer_fingerprint
+
     @torch.no_grad()
     def transcribe(
         self,

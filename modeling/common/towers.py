@@ -4,8 +4,11 @@ sequence of tokens."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -196,12 +199,20 @@ def text_tokens(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     token_type_ids: torch.Tensor | None = None,
+    cache: FrozenPrefixCache | None = None,
     **output_kwargs,
 ) -> TowerTokens:
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-    output = tower(input_ids=input_ids, attention_mask=attention_mask, **extra, **output_kwargs)
+    inputs = (
+        {"input_ids": input_ids}
+        if token_type_ids is None
+        else {"input_ids": input_ids, "token_type_ids": token_type_ids}
+    )
+    hidden = None if output_kwargs else run_split(tower, inputs, attention_mask, cache)
+    if hidden is not None:
+        return TowerTokens(hidden, attention_mask.bool(), ModelOutput(last_hidden_state=hidden))
+    output = tower(**inputs, attention_mask=attention_mask, **output_kwargs)
     return TowerTokens(output.last_hidden_state, attention_mask.bool(), output)
 
 
@@ -224,25 +235,26 @@ def audio_tokens(
     input_values: torch.Tensor | None = None,
     audio_attention_mask: torch.Tensor | None = None,
     token_stride: int = 1,
+    cache: FrozenPrefixCache | None = None,
     **output_kwargs,
 ) -> TowerTokens:
     """Whisper log-mel `input_features` (+ `audio_attention_mask` over the frames) or AST filter-bank
     `input_values`; with `token_stride > 1` the tokens are average-pooled in groups of that many frames."""
     if tower.config.model_type == "whisper":
         check_whisper_features(tower.config, input_features)
-        output = tower(input_features, **output_kwargs)
-        hidden = output.last_hidden_state  # (B, frames / 2, d)
-        if audio_attention_mask is not None:
-            mask = audio_attention_mask[:, ::2].bool()  # stride-2 convolution: one token per two frames
-        else:
-            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        inputs = {"input_features": input_features}
     else:
         if input_values is None:
             raise ValueError(
                 "The AST audio tower takes `input_values` (filter banks); use the model's processor."
             )
-        output = tower(input_values=input_values, **output_kwargs)
-        hidden = output.last_hidden_state
+        inputs = {"input_values": input_values}
+    hidden = None if output_kwargs else run_split(tower, inputs, None, cache)
+    output = ModelOutput(last_hidden_state=hidden) if hidden is not None else tower(**inputs, **output_kwargs)
+    hidden = output.last_hidden_state  # Whisper: (B, frames / 2, d)
+    if tower.config.model_type == "whisper" and audio_attention_mask is not None:
+        mask = audio_attention_mask[:, ::2].bool()  # stride-2 convolution: one token per two frames
+    else:
         mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
     if (
         token_stride > 1
@@ -254,16 +266,22 @@ def audio_tokens(
     return TowerTokens(hidden, mask, output)
 
 
-def image_tokens(tower: nn.Module, pixel_values: torch.Tensor, **output_kwargs) -> TowerTokens:
+def image_tokens(
+    tower: nn.Module, pixel_values: torch.Tensor, cache: FrozenPrefixCache | None = None, **output_kwargs
+) -> TowerTokens:
     """ViT patch tokens, or the final feature map of a timm convnet flattened into `H * W` tokens."""
     if tower.config.model_type == "timm_wrapper":
         # Convolutions run ~8x faster on CPU in channels-last layout (same numbers).
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        output = tower(pixel_values=pixel_values, **output_kwargs)
-        hidden = output.last_hidden_state.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
-    else:
-        output = tower(pixel_values=pixel_values, **output_kwargs)
-        hidden = output.last_hidden_state
+    hidden = None if output_kwargs else run_split(tower, {"pixel_values": pixel_values}, None, cache)
+    output = (
+        ModelOutput(last_hidden_state=hidden)
+        if hidden is not None
+        else tower(pixel_values=pixel_values, **output_kwargs)
+    )
+    hidden = output.last_hidden_state
+    if tower.config.model_type == "timm_wrapper":
+        hidden = hidden.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
     mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
     return TowerTokens(hidden, mask, output)
 
@@ -276,6 +294,17 @@ class TowersMixin:
     """
 
     tower_attributes = {"text": "text_model", "audio": "audio_model", "image": "image_model"}
+    #: Where the towers read their frozen prefixes' states from during training (see [`enable_frozen_prefix_cache`]).
+    frozen_prefix_cache: FrozenPrefixCache | None = None
+
+    def enable_frozen_prefix_cache(self, cache: FrozenPrefixCache | None) -> None:
+        """Read the towers' frozen-prefix states from `cache` (computing each input once), or stop with `None`. The
+        outputs do not change: a frozen prefix always runs without dropout and without gradients."""
+        self.frozen_prefix_cache = cache
+
+    def frozen_prefixes(self) -> dict[str, int]:
+        """For each tower, how many leading stages (input stage, then layers) no trainable parameter touches."""
+        return {modality: frozen_prefix_length(tower) for modality, tower in self.towers().items()}
 
     def towers(self) -> dict[str, nn.Module]:
         return {modality: getattr(self, attribute) for modality, attribute in self.tower_attributes.items()}
@@ -288,9 +317,11 @@ class TowersMixin:
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.config.freeze_encoders:
-            for tower in self.towers().values():
+        for tower in self.towers().values():
+            if self.config.freeze_encoders:
                 keep_batchnorm_frozen(tower)
+            for module in frozen_prefix_modules(tower):  # a frozen prefix runs as in inference: no dropout
+                module.eval()
         if getattr(self, "speech_recognizer", None) is not None:
             self.speech_recognizer.eval()  # frozen: never dropout, never trained
         return self
@@ -335,3 +366,274 @@ class TowersMixin:
             if isinstance(parameter, nn.Parameter):
                 parameter.requires_grad_(True)
         return peft_model
+
+
+# ------------------------------------------------------------------------------------------------ frozen prefixes
+@dataclass
+class TowerStages:
+    """A tower seen as `embed` (its input stage) -> `layers` -> `final`, so that it can run in two halves: the frozen
+    prefix (the input stage and the first layers, which no trainable parameter touches) and the rest.
+
+    `embed(tower, inputs)` gives the states entering the first layer; `layers(tower)` lists the layers;
+    `mask(tower, states, attention_mask)` is what each layer takes as its mask; `final(tower, states)` turns the last
+    layer's states into the tower's `last_hidden_state`; `embed_modules(tower)` are the input stage's modules."""
+
+    embed: Callable
+    embed_modules: Callable
+    layers: Callable
+    final: Callable
+    mask: Callable = staticmethod(lambda tower, states, attention_mask: None)
+    layers_take_mask: bool = True
+
+    def run(self, layers, states, mask):
+        for layer in layers:
+            states = layer(states, mask) if self.layers_take_mask else layer(states)
+        return states
+
+
+def _bidirectional_mask(tower, states, attention_mask):
+    from transformers.masking_utils import create_bidirectional_mask
+
+    return create_bidirectional_mask(config=tower.config, inputs_embeds=states, attention_mask=attention_mask)
+
+
+def _whisper_embed(tower, inputs):
+    check_whisper_features(tower.config, inputs["input_features"])
+    states = F.gelu(tower.conv1(inputs["input_features"]))
+    states = F.gelu(tower.conv2(states)).permute(0, 2, 1)
+    positions = torch.arange(tower.embed_positions.num_embeddings, device=states.device)
+    return F.dropout(states + tower.embed_positions(positions), p=tower.dropout, training=tower.training)
+
+
+def _timm_embed(tower, inputs):
+    pixel_values = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
+    return tower.timm_model.bn1(tower.timm_model.conv_stem(pixel_values))
+
+
+def _timm_final(tower, states):
+    return tower.timm_model.bn2(tower.timm_model.conv_head(states))
+
+
+_BERT_LIKE = TowerStages(
+    embed=lambda tower, inputs: tower.embeddings(
+        input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids")
+    ),
+    embed_modules=lambda tower: [tower.embeddings],
+    layers=lambda tower: list(tower.encoder.layer),
+    final=lambda tower, states: states,
+    mask=_bidirectional_mask,
+)
+_VIT_LIKE = TowerStages(
+    embed=lambda tower, inputs: tower.embeddings(
+        inputs["pixel_values"].to(tower.embeddings.patch_embeddings.projection.weight.dtype)
+    ),
+    embed_modules=lambda tower: [tower.embeddings],
+    layers=lambda tower: list(tower.layers),
+    final=lambda tower, states: tower.layernorm(states),
+)
+#: How to run each tower family in halves (families without an entry are never split: they run whole).
+TOWER_STAGES: dict[str, TowerStages] = {
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra"), _BERT_LIKE),
+    **dict.fromkeys(("vit", "deit"), _VIT_LIKE),
+    "audio-spectrogram-transformer": TowerStages(
+        embed=lambda tower, inputs: tower.embeddings(inputs["input_values"]),
+        embed_modules=lambda tower: [tower.embeddings],
+        layers=lambda tower: list(tower.layers),
+        final=lambda tower, states: tower.layernorm(states),
+    ),
+    "whisper": TowerStages(
+        embed=_whisper_embed,
+        embed_modules=lambda tower: [tower.conv1, tower.conv2, tower.embed_positions],
+        layers=lambda tower: list(tower.layers),
+        final=lambda tower, states: tower.layer_norm(states),
+    ),
+    "timm_wrapper": TowerStages(
+        embed=_timm_embed,
+        embed_modules=lambda tower: [tower.timm_model.conv_stem, tower.timm_model.bn1],
+        layers=lambda tower: [block for stage in tower.timm_model.blocks for block in stage],
+        final=_timm_final,
+        layers_take_mask=False,
+    ),
+}
+
+
+def frozen_prefix_length(tower: nn.Module) -> int:
+    """How many leading stages of `tower` (its input stage counts as the first, then each layer) hold no trainable
+    parameter, so their output is the same at every step: 0 when the input stage itself trains."""
+    stages = TOWER_STAGES.get(tower.config.model_type)
+    if stages is None:
+        return 0
+    modules = [stages.embed_modules(tower), *([layer] for layer in stages.layers(tower))]
+    for index, group in enumerate(modules):
+        if any(p.requires_grad for module in group for p in module.parameters()):
+            return index
+    return len(modules)
+
+
+def frozen_prefix_modules(tower: nn.Module) -> list[nn.Module]:
+    """The modules of the frozen prefix (see [`frozen_prefix_length`])."""
+    length = frozen_prefix_length(tower)
+    if not length:
+        return []
+    stages = TOWER_STAGES[tower.config.model_type]
+    return [*stages.embed_modules(tower), *stages.layers(tower)[: length - 1]]
+
+
+def run_prefix(tower: nn.Module, length: int, inputs: dict, attention_mask=None) -> torch.Tensor:
+    """The states after the first `length` stages (`length >= 1`): the input stage, then `length - 1` layers."""
+    stages = TOWER_STAGES[tower.config.model_type]
+    states = stages.embed(tower, inputs)
+    return stages.run(stages.layers(tower)[: length - 1], states, stages.mask(tower, states, attention_mask))
+
+
+def run_tail(tower: nn.Module, length: int, states: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    """The tower's `last_hidden_state` from the states after its first `length` stages."""
+    stages = TOWER_STAGES[tower.config.model_type]
+    states = stages.run(
+        stages.layers(tower)[length - 1 :], states, stages.mask(tower, states, attention_mask)
+    )
+    return stages.final(tower, states)
+
+
+def run_split(tower: nn.Module, inputs: dict, attention_mask=None, cache: FrozenPrefixCache | None = None):
+    """The tower's `last_hidden_state`, its frozen prefix computed without gradients (or read from `cache`), or None
+    when the tower cannot be split (its family has no `TOWER_STAGES` entry, or its input stage trains)."""
+    length = frozen_prefix_length(tower)
+    if not length:
+        return None
+    if cache is not None:
+        states = cache.prefix_states(tower, length, inputs, attention_mask)
+    else:
+        with torch.no_grad():
+            states = run_prefix(tower, length, inputs, attention_mask)
+    return run_tail(tower, length, states, attention_mask)
+
+
+class FrozenPrefixCache:
+    """
+    The states of towers' frozen prefixes (see [`frozen_prefix_length`]), computed once per input and reused: across
+    the epochs of a run and, saved under `folder`, across runs. Entries are addressed by content: the tower's family,
+    its prefix length and a digest of the prefix's weights name a namespace, and a digest of each row's input (the
+    caption's real tokens, the log-mel frames, the pixels) names the row. A changed dataset or tower therefore never
+    reads stale states, and no layer that trains (e.g. under LoRA) is ever cached.
+
+    Args:
+        folder (`str` or `os.PathLike`, *optional*): where namespaces are saved (`<namespace>.safetensors`) by
+            [`save`] and loaded from on first use; in memory only without it.
+    """
+
+    def __init__(self, folder: str | os.PathLike | None = None):
+        self.folder = Path(folder) if folder is not None else None
+        self.entries: dict[str, dict[str, torch.Tensor]] = {}
+        self.names: dict[int, tuple[str, int]] = {}  # id(tower) -> (namespace, prefix length)
+        self.stats: dict[str, dict[str, int]] = {}
+        self._dirty: set[str] = set()
+
+    def namespace(self, tower: nn.Module, length: int) -> str:
+        """The namespace of `tower`'s first `length` stages: family, length and a digest of their weights."""
+        known = self.names.get(id(tower))
+        if known is not None and known[1] == length:
+            return known[0]
+        digest = hashlib.sha256(f"{tower.config.model_type}:{length}".encode())
+        stages = TOWER_STAGES[tower.config.model_type]
+        modules = [*stages.embed_modules(tower), *stages.layers(tower)[: length - 1]]
+        for module in modules:
+            for name, tensor in sorted(module.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        namespace = f"{tower.config.model_type}-{length}-{digest.hexdigest()[:16]}"
+        self.names[id(tower)] = (namespace, length)
+        self._load(namespace)
+        return namespace
+
+    def prefix_states(self, tower: nn.Module, length: int, inputs: dict, attention_mask=None) -> torch.Tensor:
+        """The prefix states of a batch, computing (and keeping) only the rows not seen before."""
+        namespace = self.namespace(tower, length)
+        entries = self.entries.setdefault(namespace, {})
+        stats = self.stats.setdefault(namespace, {"hits": 0, "misses": 0})
+        keys, lengths = self._row_keys(inputs, attention_mask)
+        missing = [i for i, key in enumerate(keys) if key not in entries]
+        if missing:
+            rows = {name: value[missing] for name, value in inputs.items() if value is not None}
+            mask = attention_mask[missing] if attention_mask is not None else None
+            with torch.no_grad(), torch.autocast(device_type=_device_type(inputs), enabled=False):
+                computed = run_prefix(tower, length, rows, mask)
+            for position, row in enumerate(missing):
+                entries[keys[row]] = computed[position, : lengths[row]].detach().to("cpu", copy=True)
+            self._dirty.add(namespace)
+        stats["hits"] += len(keys) - len(missing)
+        stats["misses"] += len(missing)
+        first = entries[keys[0]]
+        length_of_batch = attention_mask.shape[1] if attention_mask is not None else first.shape[0]
+        batch = first.new_zeros((len(keys), length_of_batch, *first.shape[1:]))
+        for row, key in enumerate(keys):
+            batch[row, : lengths[row]] = entries[key]
+        device = next(iter(inputs.values())).device
+        return batch.to(device)
+
+    @staticmethod
+    def _row_keys(inputs: dict, attention_mask) -> tuple[list[str], list[int | None]]:
+        """A digest of each row's input (its real tokens only, for text) and the length of its states."""
+        names = sorted(name for name, value in inputs.items() if value is not None)
+        size = next(iter(inputs.values())).shape[0]
+        keys, lengths = [], []
+        for row in range(size):
+            length = int(attention_mask[row].sum()) if attention_mask is not None else None
+            digest = hashlib.blake2b(digest_size=16)
+            for name in names:
+                value = inputs[name][row]
+                if length is not None:
+                    value = value[:length]
+                digest.update(name.encode())
+                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+            keys.append(digest.hexdigest())
+            lengths.append(length)  # None: the whole row
+        return keys, lengths
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Hits, misses and stored rows per namespace."""
+        return {
+            name: {**stats, "rows": len(self.entries.get(name, {}))} for name, stats in self.stats.items()
+        }
+
+    def save(self) -> None:
+        """Write the namespaces that gained rows to `folder` (atomically; other processes' rows are kept)."""
+        if self.folder is None:
+            return
+        from filelock import FileLock
+        from safetensors.torch import load_file, save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for namespace in sorted(self._dirty):
+            path = self.folder / f"{namespace}.safetensors"
+            with FileLock(str(path) + ".lock"):
+                stored = load_file(path) if path.exists() else {}
+                stored.update(self.entries[namespace])
+                temporary = path.with_suffix(f".tmp-{os.getpid()}")
+                save_file({k: v.contiguous() for k, v in stored.items()}, temporary)
+                os.replace(temporary, path)
+        self._dirty.clear()
+
+    def _load(self, namespace: str) -> None:
+        if self.folder is None or namespace in self.entries:
+            return
+        path = self.folder / f"{namespace}.safetensors"
+        if path.exists():
+            from safetensors.torch import load_file
+
+            self.entries[namespace] = dict(load_file(path))
+
+
+def _device_type(inputs: dict) -> str:
+    return next(iter(inputs.values())).device.type
+
+
+def describe_frozen_prefix(tower: nn.Module) -> str:
+    """A line saying which part of `tower` is its frozen prefix, e.g. `input stage + layers 1-4 of 6`."""
+    length = frozen_prefix_length(tower)
+    if not length:
+        return "nothing (its input stage trains, or its family cannot be split)"
+    layers = len(TOWER_STAGES[tower.config.model_type].layers(tower))
+    if length == 1:
+        return f"input stage only (0 of {layers} layers)"
+    return f"input stage + layers 1-{length - 1} of {layers}"

@@ -21,6 +21,7 @@ from .retrieval import (
     RetrievalOutput,
     check_combinations,
     check_unknown_kwargs,
+    combination_key,
     format_parameter_table,
     parameter_counts,
     present_modalities,
@@ -215,6 +216,7 @@ class LateFusionModel(TranscribingMixin, TowersMixin, LateFusionPreTrainedModel)
             input_ids,
             attention_mask,
             token_type_ids,
+            self.frozen_prefix_cache,
             **self._output_kwargs(output_attentions, output_hidden_states),
         )
         return self._tower_output(tokens, self.text_projection(tokens.mean()))
@@ -234,14 +236,20 @@ class LateFusionModel(TranscribingMixin, TowersMixin, LateFusionPreTrainedModel)
         projected mean of the audio tokens, plus, for a model that reads transcripts, the projected text-tower
         embedding of what is said (given, or transcribed here)."""
         tokens = audio_tokens(
-            self.audio_model, input_features, input_values, audio_attention_mask,
+            self.audio_model, input_features, input_values, audio_attention_mask, 1, self.frozen_prefix_cache,
             **self._output_kwargs(output_attentions, output_hidden_states),
         )  # fmt: skip
         embedding = self.audio_projection(tokens.mean())
         if self.speech_recognizer is not None:
             if transcript_input_ids is None:
                 transcript_input_ids, transcript_attention_mask = self.transcript_inputs(input_features)
-            transcript = text_tokens(self.text_model, transcript_input_ids, transcript_attention_mask)
+            transcript = text_tokens(
+                self.text_model,
+                transcript_input_ids,
+                transcript_attention_mask,
+                None,
+                self.frozen_prefix_cache,
+            )
             embedding = embedding + self.text_projection(transcript.mean())
         elif transcript_input_ids is not None:
             raise ValueError(
@@ -259,7 +267,10 @@ class LateFusionModel(TranscribingMixin, TowersMixin, LateFusionPreTrainedModel)
     ) -> BaseModelOutputWithPooling:
         """The image tower's output; `pooler_output` is the L2-normalised embedding `(batch_size, projection_dim)`."""
         tokens = image_tokens(
-            self.image_model, pixel_values, **self._output_kwargs(output_attentions, output_hidden_states)
+            self.image_model,
+            pixel_values,
+            self.frozen_prefix_cache,
+            **self._output_kwargs(output_attentions, output_hidden_states),
         )
         return self._tower_output(tokens, self.image_projection(tokens.mean()))
 
@@ -303,15 +314,19 @@ class LateFusionModel(TranscribingMixin, TowersMixin, LateFusionPreTrainedModel)
             {k: v for k, v in inputs.items() if not any(k in n for n in MODALITY_INPUTS.values())},
         )
         embeds = {m: output.pooler_output for m, output in self._modality_outputs(inputs).items()}
+        return self._compose(embeds, combinations)
+
+    @staticmethod
+    def _compose(embeds: dict[str, torch.Tensor], combinations) -> dict[tuple[str, ...], torch.Tensor]:
         result = {}
         for combination in check_combinations(combinations, list(embeds)):
             if len(combination) == 1:
                 result[combination] = embeds[combination[0]]
-            else:
-                sizes = {m: embeds[m].shape[0] for m in combination}
-                if len(set(sizes.values())) > 1:
-                    raise ValueError(f"Composing modalities needs the same batch size for each, got {sizes}.")
-                result[combination] = F.normalize(sum(embeds[m] for m in combination), dim=-1)
+                continue
+            sizes = {m: embeds[m].shape[0] for m in combination}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(f"Composing modalities needs the same batch size for each, got {sizes}.")
+            result[combination] = F.normalize(sum(embeds[m] for m in combination), dim=-1)
         return result
 
     # --------------------------------------------------------------------------------------------------- forward
@@ -328,6 +343,7 @@ class LateFusionModel(TranscribingMixin, TowersMixin, LateFusionPreTrainedModel)
         transcript_input_ids: torch.Tensor | None = None,
         transcript_attention_mask: torch.Tensor | None = None,
         group_ids: torch.Tensor | None = None,
+        combinations: list[tuple[str, ...]] | None = None,
         return_loss: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -339,6 +355,9 @@ class LateFusionModel(TranscribingMixin, TowersMixin, LateFusionPreTrainedModel)
             model transcribes the clips itself (see [`transcribe`]).
         group_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Rows with the same id describe the same thing; the loss never uses them as negatives of each other.
+        combinations (`list[tuple[str, ...]]`, *optional*):
+            Also embed these combinations of the modalities passed (`combined_embeds`, keyed `"text+audio"`): the
+            normalised sum of their embeddings.
         return_loss (`bool`, *optional*):
             Compute the loss of `config.loss_type` over every pair of modalities passed (the same batch size each).
         output_attentions / output_hidden_states (`bool`, *optional*):
@@ -372,6 +391,9 @@ class LateFusionModel(TranscribingMixin, TowersMixin, LateFusionPreTrainedModel)
             **similarity_logits(embeds, self.inverse_temperature(), self.logit_bias),
             **{f"{modality}_embeds": embedding for modality, embedding in embeds.items()},
             **{f"{modality}_model_output": output for modality, output in outputs.items()},
+            combined_embeds={combination_key(c): e for c, e in self._compose(embeds, combinations).items()}
+            if combinations
+            else None,
         )
 
     def _output_kwargs(self, output_attentions, output_hidden_states) -> dict:

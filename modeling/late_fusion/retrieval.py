@@ -54,6 +54,9 @@ class RetrievalOutput(ModelOutput):
         L2-normalised embedding of each modality on its own.
     text_model_output / audio_model_output / image_model_output (`BaseModelOutputWithPooling`):
         What `get_<modality>_features` returns (hidden states and attentions when asked for).
+    combined_embeds (`dict[str, torch.FloatTensor]`, *optional*, with `combinations=`):
+        The L2-normalised embedding of each requested combination of modalities (a composed query), keyed
+        `"text+audio"` etc., as `encode` gives them.
     """
 
     loss: torch.FloatTensor | None = None
@@ -66,6 +69,7 @@ class RetrievalOutput(ModelOutput):
     text_model_output: BaseModelOutputWithPooling | None = None
     audio_model_output: BaseModelOutputWithPooling | None = None
     image_model_output: BaseModelOutputWithPooling | None = None
+    combined_embeds: dict[str, torch.FloatTensor] | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
@@ -111,6 +115,11 @@ def check_unknown_kwargs(owner: str, kwargs: dict[str, Any], known: tuple[str, .
         close = difflib.get_close_matches(key, names, n=1)
         problems.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise TypeError(f"{owner} got unexpected keyword argument(s): {', '.join(problems)}.")
+
+
+def combination_key(combination: tuple[str, ...]) -> str:
+    """`("text", "audio")` -> `"text+audio"`, the key of a composed query in outputs and losses."""
+    return "+".join(combination)
 
 
 def check_combinations(combinations, available: list[str]) -> list[tuple[str, ...]]:

@@ -434,11 +434,14 @@ def add_transcripts(
     batch_size: int = 64,
     skip_bad_rows: bool = False,
     description: str = "Transcribing",
+    cache_dir: str | os.PathLike | None = None,
 ) -> datasets.Dataset:
     """
     Add the `columns.transcript` column: what the model's frozen speech recogniser hears in each row's audio
     (`model.transcribe`, greedy, on the window the audio tower sees). A model that reads transcripts would otherwise
-    transcribe every batch itself; the recogniser never trains, so a dataset is transcribed once per run.
+    transcribe every batch itself; the recogniser never trains, so a dataset is transcribed once per run, and with
+    `cache_dir` once for good: the transcripts are kept under `cache_dir/transcripts/`, named by the dataset's
+    fingerprint, the recogniser's (its weights and decoding settings) and the processor's audio settings.
 
     `dataset` must carry undecoded media (see [`prepare_for_lazy_decoding`]). An existing column of that name is
     replaced. With `skip_bad_rows=True`, a row whose audio cannot be decoded gets an empty transcript (the collator
@@ -454,6 +457,25 @@ def add_transcripts(
         )
     if columns.transcript is None:
         raise ValueError("add_transcripts needs `RetrievalColumns.transcript`, the column to write.")
+    cache_file = None
+    if cache_dir is not None:
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    dataset._fingerprint,
+                    columns.audio,
+                    model.recognizer_fingerprint(),
+                    processor.feature_extractor.to_json_string(),
+                    skip_bad_rows,
+                ]
+            ).encode()
+        ).hexdigest()[:24]
+        cache_file = Path(cache_dir) / "transcripts" / f"{key}.json"
+        if cache_file.exists():
+            cached = json.loads(cache_file.read_text())
+            if len(cached["transcripts"]) == len(dataset):
+                logger.info(f"{description}: {len(dataset)} transcripts read from {cache_file}")
+                return _with_column(dataset, columns.transcript, cached["transcripts"])
     collator = RetrievalCollator(processor, columns=columns, modalities=("audio",))
     audio_only = dataset.select_columns([c for c in (columns.audio, columns.id) if c in dataset.column_names])
     device = next(model.parameters()).device
@@ -475,10 +497,21 @@ def add_transcripts(
                 except BadRowError as error:
                     logger.warning(f"No transcript for a bad row: {error}")
                     transcripts.append("")
-    if columns.transcript in dataset.column_names:
-        logger.info(f"Replacing the existing {columns.transcript!r} column with the model's transcripts.")
-        dataset = dataset.remove_columns(columns.transcript)
-    return dataset.add_column(columns.transcript, transcripts)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_suffix(f".tmp-{os.getpid()}")
+        temporary.write_text(
+            json.dumps({"dataset_fingerprint": dataset._fingerprint, "transcripts": transcripts})
+        )
+        os.replace(temporary, cache_file)
+    return _with_column(dataset, columns.transcript, transcripts)
+
+
+def _with_column(dataset: datasets.Dataset, column: str, values: list) -> datasets.Dataset:
+    if column in dataset.column_names:
+        logger.info(f"Replacing the existing {column!r} column with the model's transcripts.")
+        dataset = dataset.remove_columns(column)
+    return dataset.add_column(column, values)
 
 
 def _source(value: Any, column: str, bad: RowError) -> bytes | str:

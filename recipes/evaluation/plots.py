@@ -141,7 +141,14 @@ def plot_fusion_attention(
 
 @torch.no_grad()
 def write_run_plots(
-    output_dir: Path, model, processor, dataset, split: str | None, columns, max_items: int = 200
+    output_dir: Path,
+    model,
+    processor,
+    dataset,
+    split: str | None,
+    columns,
+    max_items: int = 200,
+    cache_dir=None,
 ) -> list[Path]:
     """All plots of a finished run, from `trainer_state.json`, `eval_results.json` and the model itself. The
     attention map needs a model with a fusion transformer (a `fusion_token_types` table and `fused_model_output`)."""
@@ -173,7 +180,9 @@ def write_run_plots(
         subset = dataset[split].select(range(min(max_items, len(dataset[split]))))
         subset = prepare_for_lazy_decoding(subset, columns)
         if transcribes_audio(model) and columns.audio in subset.column_names:
-            subset = add_transcripts(subset, model, processor, columns, description="transcribing (plots)")
+            subset = add_transcripts(
+                subset, model, processor, columns, description="transcribing (plots)", cache_dir=cache_dir
+            )
         collator = RetrievalCollator(processor, columns=columns)
         modalities = resolve_columns(subset, columns, None)
         embeds, _ = embed_dataset(model, collator, subset, [(m,) for m in modalities], description="t-SNE")

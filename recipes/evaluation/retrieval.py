@@ -48,6 +48,7 @@ class RetrievalEvalConfig:
     nprobe: int = 32
     max_items: int | None = None
     skip_bad_rows: bool = False
+    cache_dir: str | None = None  # where transcripts are kept (see `add_transcripts`)
 
 
 def parse_composed(spec: str) -> tuple[tuple[str, ...], str]:
@@ -160,6 +161,7 @@ def evaluate_model(model, processor, dataset_dict, config: RetrievalEvalConfig) 
                 config.batch_size,
                 skip_bad_rows=config.skip_bad_rows,
                 description=f"transcribing {split}",
+                cache_dir=config.cache_dir,
             )
         collator = RetrievalCollator(processor, columns=config.columns, skip_bad_rows=config.skip_bad_rows)
         results[split] = evaluate_split(model, collator, dataset, config, split)

@@ -117,6 +117,13 @@ class RetrievalTrainingArguments(TrainingArguments):
         default="all_negatives",
         metadata={"help": "'all_negatives' (max-margin over every negative) or 'infonce'."},
     )
+    composed_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Also train composed queries: each pair of modalities (e.g. text+speech), embedded together, "
+            "against the third, with this weight (0: only the pairs of single modalities)."
+        },
+    )
     auto_resume: bool = field(
         default=True, metadata={"help": "Continue from the last complete checkpoint found in output_dir."}
     )
@@ -125,6 +132,25 @@ class RetrievalTrainingArguments(TrainingArguments):
     )
     make_plots: bool = field(
         default=True, metadata={"help": "Write loss, recall, t-SNE and attention plots."}
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto' (bfloat16 autocast where the device computes it natively, else float32), 'bf16' or 'fp32'."
+        },
+    )
+    cache_frozen_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the states of each tower's frozen prefix (the layers below its first trainable one) once "
+            "per input and reuse them across epochs, and across runs in cache_dir."
+        },
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where transcripts and frozen-prefix states are kept (default: ~/.cache/cross-modal-zoo)."
+        },
     )
     remove_unused_columns: bool = False
     report_to: str | list[str] = "tensorboard"

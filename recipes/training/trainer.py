@@ -3,6 +3,7 @@ name, validation metrics, logging and checkpoint helpers."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -58,11 +59,27 @@ class RetrievalTrainer(Trainer):
     evaluation loop hands the embeddings to `compute_metrics`, and partial checkpoint loads are refused.
     """
 
-    def __init__(self, *args, loss_schedule: LossSchedule, modalities, eval_data_collator=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss_schedule: LossSchedule,
+        modalities,
+        eval_data_collator=None,
+        composed_loss_weight=0.0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.loss_schedule = loss_schedule
         self.modalities = tuple(modalities)
         self.eval_data_collator = eval_data_collator
+        self.composed_loss_weight = composed_loss_weight
+        # Each pair of modalities embedded together, against the third (with three modalities).
+        self.composed_pairs = (
+            [c for c in itertools.combinations(self.modalities, 2)]
+            if composed_loss_weight and len(self.modalities) == 3
+            else []
+        )
+        self._diagnostics: list[dict[str, float]] = []
 
     def get_eval_dataloader(self, eval_dataset=None):
         if self.eval_data_collator is None:
@@ -73,18 +90,45 @@ class RetrievalTrainer(Trainer):
         finally:
             self.data_collator = train_collator
 
-    def _loss(self, model, inputs, step: int):
+    def _loss(self, model, inputs, step: int, training: bool = False):
         group_ids = inputs.pop("group_ids", None)
-        outputs = model(**inputs)
+        composed = self.composed_pairs if training else []
+        outputs = model(**inputs, combinations=composed) if composed else model(**inputs)
         embeds = {m: outputs[f"{m}_embeds"] for m in self.modalities}
         base = unwrap_model(model)
-        loss = self.loss_schedule.at(step)(
-            embeds, base.inverse_temperature(), getattr(base, "logit_bias", None), group_ids
-        )
+        scale, bias = base.inverse_temperature(), getattr(base, "logit_bias", None)
+        loss_module = self.loss_schedule.at(step)
+        loss = loss_module(embeds, scale, bias, group_ids)
+        if training:
+            self._record_diagnostics(step, loss_module.diagnostics)
+        for pair in composed:
+            (third,) = set(self.modalities) - set(pair)
+            key = "+".join(pair)
+            composed_embeds = {key: outputs.combined_embeds[key], third: embeds[third]}
+            loss = loss + self.composed_loss_weight * loss_module(composed_embeds, scale, bias, group_ids)
         return loss, embeds, group_ids
 
+    def _record_diagnostics(self, step: int, diagnostics: dict[str, float]) -> None:
+        """Keep what the loss saw at this step (for the next log line) and append it to `loss_diagnostics.jsonl`."""
+        self._diagnostics.append(diagnostics)
+        if self.is_world_process_zero() and self.model.training:
+            with open(Path(self.args.output_dir) / "loss_diagnostics.jsonl", "a") as handle:
+                handle.write(
+                    json.dumps(
+                        {"step": step, "loss": type(self.loss_schedule.at(step)).__name__, **diagnostics}
+                    )
+                    + "\n"
+                )
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._diagnostics and "loss" in logs:  # a training log line: the diagnostics since the last one
+            for key in self._diagnostics[0]:
+                logs[key] = float(np.mean([d[key] for d in self._diagnostics]))
+            self._diagnostics = []
+        super().log(logs, *args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, embeds, _ = self._loss(model, dict(inputs), self.state.global_step)
+        loss, embeds, _ = self._loss(model, dict(inputs), self.state.global_step, training=True)
         return (loss, embeds) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -110,6 +154,27 @@ class RetrievalTrainer(Trainer):
             )
         if load_result.missing_keys:
             unwrap_model(self.model).tie_weights()
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/cross-modal-zoo` (`~/.cache/cross-modal-zoo`)."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cross-modal-zoo"
+
+
+class FrozenPrefixCacheCallback(TrainerCallback):
+    """Save the frozen-prefix states computed so far at the end of every epoch (a crash keeps them) and log how
+    often the cache was read."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.cache.save()
+            for namespace, stats in self.cache.summary().items():
+                logger.info("Frozen-prefix cache %s: %s", namespace, stats)
 
 
 class JsonlLogCallback(TrainerCallback):

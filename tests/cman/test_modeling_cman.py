@@ -171,34 +171,50 @@ def test_loss_decreases_over_twenty_steps_on_a_fixed_batch(loss_type, negatives)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_hardest_negatives_keep_improving_after_an_all_negatives_warm_up():
-    """From random features the hardest-negative loss alone collapses every embedding onto one point (loss =
-    2 x margin per pair); warmed up with all negatives, it goes on decreasing below that level."""
+def train_with_max_margin(config, warmup_steps: int, steps: int = 40) -> tuple[list[float], list[float]]:
+    """Losses and similarity spreads of `steps` AdamW steps with the hardest-negative loss (all negatives for the first
+    `warmup_steps`) on one batch of 8."""
     from modeling.cman.losses import MaxMarginLoss
 
-    config = tiny_cman_config(max_margin_negatives="hardest")
     inputs = cman_inputs(config, batch_size=8)
+    torch.manual_seed(0)
+    model = CmanModel(config).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses, spreads = [], []
+    for step in range(steps):
+        output = model(**inputs)
+        embeds = {m: output[f"{m}_embeds"] for m in ("text", "audio", "image")}
+        loss_module = MaxMarginLoss(config.margin, "all" if step < warmup_steps else "hardest")
+        loss = loss_module(embeds)
+        losses.append(loss.item())
+        spreads.append(loss_module.diagnostics["similarity_spread"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return losses, spreads
+
+
+def test_hardest_negatives_collapse_a_fusion_only_cman_and_a_warm_up_avoids_it():
+    """From random features the fusion-only CMAN embeds everything alike (its pooling token, random, dominates), and
+    the hardest-negative loss pulls every embedding onto one point: loss = 2 x margin per pair, no spread. Warmed up
+    with all negatives, it goes on decreasing below that level."""
+    config = tiny_cman_config(late_fusion_residual=False)
     collapsed = 3 * 2 * config.margin
-
-    def train(warmup_steps: int) -> list[float]:
-        torch.manual_seed(0)
-        model = CmanModel(config).train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        losses = []
-        for step in range(40):
-            output = model(**inputs)
-            embeds = {m: output[f"{m}_embeds"] for m in ("text", "audio", "image")}
-            loss = MaxMarginLoss(config.margin, "all" if step < warmup_steps else "hardest")(embeds)
-            losses.append(loss.item())
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        return losses
-
-    cold = train(0)
-    assert cold[-1] == pytest.approx(collapsed, abs=0.02), cold[-5:]
-    warm = train(20)
+    cold, spreads = train_with_max_margin(config, warmup_steps=0)
+    assert cold[-1] == pytest.approx(collapsed, abs=0.02) and spreads[-1] < 0.01, (cold[-5:], spreads[-1])
+    warm, _ = train_with_max_margin(config, warmup_steps=20)
     assert warm[-1] < warm[20] and warm[-1] < 0.8 * collapsed, warm[20:]
+
+
+def test_the_late_fusion_residual_trains_with_hardest_negatives_from_the_start():
+    """With the late-fusion residual an untrained CMAN already tells its inputs apart (the projected tower means
+    differ), so the hardest-negative loss has a spread to work with and trains without a warm-up."""
+    config = tiny_cman_config()
+    assert config.late_fusion_residual
+    losses, spreads = train_with_max_margin(config, warmup_steps=0)
+    _, fusion_only_spreads = train_with_max_margin(tiny_cman_config(late_fusion_residual=False), 0, steps=1)
+    assert spreads[0] > 5 * fusion_only_spreads[0], (spreads[0], fusion_only_spreads[0])
+    assert losses[-1] < 0.1 * losses[0], losses[::10]
 
 
 def test_towers_are_frozen_and_new_parts_trainable():
@@ -382,8 +398,14 @@ def test_bad_forward_inputs_raise_clear_errors():
 def test_fusion_layer_variants_train(fusion):
     config = tiny_cman_config(fusion=fusion)
     model = CmanModel(config).train()
-    loss = model(**cman_inputs(config), fuse=True, return_loss=True).loss
-    loss.backward()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(
+        2
+    ):  # the zero-initialised output projection moves first, then the fusion layers get gradients
+        optimizer.zero_grad()
+        loss = model(**cman_inputs(config), fuse=True, return_loss=True).loss
+        loss.backward()
+        optimizer.step()
     assert torch.isfinite(loss)
     assert model.fusion_encoder.layers[0].attention.q_proj.weight.grad.abs().sum() > 0
 
@@ -407,7 +429,7 @@ def test_encode_gives_every_combination_with_the_towers_run_once():
     model = CmanModel(config).eval()
     inputs = cman_inputs(config)
     calls = []
-    model.image_model.register_forward_hook(lambda *args: calls.append("image"))
+    model.image_model.embeddings.register_forward_hook(lambda *args: calls.append("image"))
     with torch.no_grad():
         encoded = model.encode(
             [("text",), ("image",), ("text", "audio"), ("text", "audio", "image")], **inputs

@@ -93,6 +93,30 @@ def test_forward_with_one_two_and_three_modalities(towers_model, inputs, modalit
         torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(2))
 
 
+def test_the_real_towers_run_in_two_halves_exactly_as_whole(towers_model, inputs):
+    """The frozen-prefix split (see modeling/common/towers.py) at every point gives each tower's own output."""
+    from modeling.common.towers import frozen_prefix_length, run_prefix, run_tail
+
+    model, _ = towers_model
+    towers = {
+        "text": (model.text_model, {"input_ids": inputs["input_ids"]}, inputs["attention_mask"]),
+        "audio": (model.audio_model, {"input_features": inputs["input_features"]}, None),
+        "image": (model.image_model, {"pixel_values": inputs["pixel_values"].contiguous(memory_format=torch.channels_last)}, None),
+    }  # fmt: skip
+    for modality, (tower, tower_inputs, mask) in towers.items():
+        tower.eval()
+        with torch.no_grad():
+            whole = tower(
+                **tower_inputs, **({} if mask is None else {"attention_mask": mask})
+            ).last_hidden_state
+            for length in range(1, frozen_prefix_length(tower) + 1):
+                split = run_tail(tower, length, run_prefix(tower, length, tower_inputs, mask), mask)
+                real = slice(None) if mask is None else mask.bool()
+                torch.testing.assert_close(
+                    split[real], whole[real], rtol=0, atol=1e-5, msg=f"{modality} at {length}"
+                )
+
+
 def test_whisper_window_encoder_stays_close_to_the_full_encoder(tower_dirs, towers_model, tmp_path):
     """The 250-position encoder on a 5 s window vs the full 1500-position encoder's first 250 frames."""
     model, _ = towers_model

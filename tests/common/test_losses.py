@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling.common.losses import InfoNCELoss, MaxMarginLoss, SigmoidLoss, build_loss
+from modeling.common.losses import InfoNCELoss, MaxMarginLoss, SigmoidLoss, build_loss, similarity_diagnostics
 
 
 def unit(n: int, d: int = 8, seed: int = 0) -> torch.Tensor:
@@ -46,6 +46,56 @@ def test_duplicated_items_are_never_negatives():
     # Unmasked, each duplicate is the other's hardest negative: 0.2 for rows 0 and 1, in both directions.
     unmasked = MaxMarginLoss(margin=0.2)({"text": a, "image": b})
     torch.testing.assert_close(unmasked, torch.tensor(2 * 0.4 / 3))
+
+
+SCORES = torch.tensor([[0.9, 0.5, 0.2], [0.3, 0.8, 0.85], [0.1, 0.0, 0.6]])
+
+
+def test_diagnostics_of_a_cosine_matrix_by_hand():
+    diagnostics = similarity_diagnostics(SCORES, torch.arange(3), torch.eye(3, dtype=torch.bool), margin=0.2)
+    # positives 0.9, 0.8, 0.6; hardest negatives 0.5, 0.85, 0.1; one hinge of six active: 0.2 + 0.85 - 0.8 > 0
+    assert diagnostics["positive_similarity"] == pytest.approx((0.9 + 0.8 + 0.6) / 3)
+    assert diagnostics["hardest_negative_margin"] == pytest.approx((0.4 - 0.05 + 0.5) / 3)
+    assert diagnostics["active_hinges"] == pytest.approx(1 / 6)
+    assert diagnostics["similarity_spread"] == pytest.approx(float(SCORES.std()))
+    collapsed = similarity_diagnostics(
+        torch.full((3, 3), 0.7), torch.arange(3), torch.eye(3, dtype=torch.bool), 0.2
+    )
+    assert collapsed["similarity_spread"] == pytest.approx(0, abs=1e-6)
+    assert collapsed["hardest_negative_margin"] == pytest.approx(0, abs=1e-6)
+    assert collapsed["active_hinges"] == 1.0  # every negative ties its positive: every hinge is active
+
+
+def test_a_loss_keeps_the_diagnostics_of_its_last_call_averaged_over_directions():
+    a, b = torch.eye(3), SCORES.T.contiguous()  # a @ b.T == SCORES
+    loss = MaxMarginLoss(margin=0.2)
+    loss({"text": a, "image": b})
+    forward = similarity_diagnostics(SCORES, torch.arange(3), torch.eye(3, dtype=torch.bool), 0.2)
+    backward = similarity_diagnostics(SCORES.T, torch.arange(3), torch.eye(3, dtype=torch.bool), 0.2)
+    for key, value in loss.diagnostics.items():
+        assert value == pytest.approx((forward[key] + backward[key]) / 2), key
+
+
+@pytest.mark.parametrize(
+    ("negatives", "expected_rows"),
+    [
+        # per anchor, first direction (rows of SCORES): hinges 0.2 + s(negative) - s(positive), clamped at 0
+        ("hardest", [0.0, 0.25, 0.0]),
+        ("all", [0.0, 0.25, 0.0]),
+        (
+            "semi_hard",
+            [0.0, 0.0, 0.0],
+        ),  # anchor 1's hardest negative (0.85) beats its positive: it is skipped
+        ("top_k", [0.0, 0.125, 0.0]),  # mean of the 2 hardest hinges
+    ],
+)
+def test_which_negatives_count(negatives, expected_rows):
+    a, b = torch.eye(3), SCORES.T.contiguous()
+    loss = MaxMarginLoss(margin=0.2, negatives=negatives, top_k=2)
+    rows = torch.arange(3)
+    first = loss.pair_loss(SCORES, SCORES, rows, torch.eye(3, dtype=torch.bool), None, None) / 2
+    torch.testing.assert_close(first, torch.tensor(sum(expected_rows) / 3))
+    assert loss({"text": a, "image": b}) >= 0
 
 
 def test_infonce_is_the_symmetric_cross_entropy_with_other_positives_masked():

@@ -109,6 +109,67 @@ def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduc
                 assert again[group][direction][key] == pytest.approx(metrics[key], abs=1e-4), (direction, key)
 
 
+def test_a_cached_frozen_prefix_trains_exactly_like_the_whole_towers_and_serves_the_next_run(
+    assets, tmp_path
+):
+    """LoRA on the last layer of each tower: the input stage and the first layer are the frozen prefix. Cached or
+    not, the run logs the same losses and ends with the same weights; a second run reads every prefix state and
+    every transcript from the cache folder."""
+    extra = ("--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "no", "--make_plots", "false",
+             "--lora_last_n", "2", "--cache_dir", str(tmp_path / "cache"))  # fmt: skip
+    runs = {}
+    for name, cached in (("uncached", "false"), ("cached", "true"), ("again", "true")):
+        runs[name] = tmp_path / name
+        run([sys.executable, "recipes/train_retrieval.py",
+             *recipe_args(assets, runs[name], *extra, "--cache_frozen_prefix", cached)])  # fmt: skip
+    expected = logged_losses(runs["uncached"])
+    for name in ("cached", "again"):
+        for step, loss in logged_losses(runs[name]).items():
+            assert loss == pytest.approx(expected[step], rel=1e-5, abs=1e-6), (name, step)
+        weights, reference = (
+            load_file(runs[name] / "model.safetensors"),
+            load_file(runs["uncached"] / "model.safetensors"),
+        )
+        for key, value in reference.items():
+            torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    first = json.loads((runs["cached"] / "frozen_prefix_cache.json").read_text())
+    second = json.loads((runs["again"] / "frozen_prefix_cache.json").read_text())
+    assert len(first) == 3  # one namespace per tower
+    for (
+        stats
+    ) in first.values():  # 2 epochs of 16 rows; each distinct input computed once (12 distinct images)
+        assert (
+            stats["hits"] + stats["misses"] == 32
+            and stats["misses"] <= 16
+            and stats["rows"] <= stats["misses"]
+        )
+    assert all(stats["misses"] == 0 and stats["hits"] > 0 for stats in second.values())
+    log = (runs["cached"] / "train.log").read_text()
+    assert "Frozen prefix cached for the text tower: input stage + layers 1-1 of 2" in log
+
+
+def test_composed_queries_train_and_the_loss_logs_what_it_sees(assets, tmp_path):
+    output_dir = tmp_path / "run"
+    run([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, output_dir), "--num_train_epochs", "1",
+         "--composed_loss_weight", "0.5", "--make_plots", "false"])  # fmt: skip
+    diagnostics = [
+        json.loads(line) for line in (output_dir / "loss_diagnostics.jsonl").read_text().splitlines()
+    ]
+    assert [d["step"] for d in diagnostics] == [
+        0,
+        1,
+        2,
+        3,
+    ]  # 16 rows, 4 per step; evaluation does not log here
+    assert [d["loss"] for d in diagnostics] == [
+        "MaxMarginLoss"
+    ] * 4  # all negatives for 2 warm-up steps, then hardest
+    for record in diagnostics:
+        assert 0 <= record["active_hinges"] <= 1 and record["similarity_spread"] > 0
+    logged = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+    assert all("hardest_negative_margin" in record for record in logged if "loss" in record)
+
+
 def test_the_same_recipe_trains_the_late_fusion_family_chosen_in_the_yaml(assets, tmp_path):
     output_dir = tmp_path / "run"
     run([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, output_dir), "--model_type", "late_fusion",
