@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             batch_size,
             skip,
             f"Transcribing {data_args.train_split}",
+            cache_dir=cache_dir,
         )
         if eval_dataset is not None:
             eval_dataset = add_transcripts(
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
                 batch_size,
                 skip,
                 f"Transcribing {data_args.eval_split}",
+                cache_dir=cache_dir,
             )
         logger.info(
             "Transcribed the training and validation audio in %.0f s", time.perf_counter() - transcribing

@@ -1,6 +1,8 @@
 """Pinned outputs on the real pretrained towers (as transformers' `test_inference` tests pin a checkpoint's output):
 a fixed caption, a synthetic chirp and the `chelsea` photograph through MiniLM-L6, the Whisper tiny.en encoder
-(5 s window), EfficientNet-Lite0 and a CMAN built on them with seed 0, compared with stored values to 1e-4.
+(5 s window), EfficientNet-Lite0 and a CMAN built on them with seed 0, compared with stored values to 1e-4: with
+the late-fusion residual path (the default) and without it (the values pinned before that path existed, which it
+leaves unchanged).
 
 A change in the towers' conversion, the processor, the fusion transformer or its initialisation shows here as a
 changed number. Regenerate the values only for a change that is meant to alter them, and say so in the commit."""
@@ -15,8 +17,8 @@ from modeling.cman import CmanConfig, CmanModel, CmanProcessor
 TOLERANCE = dict(rtol=0, atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def pinned(tower_dirs):
+@pytest.fixture(scope="module", params=[True, False], ids=["residual", "no_residual"])
+def pinned(tower_dirs, request):
     towers = (tower_dirs["minilm-l6"], tower_dirs["whisper-tiny-en"], tower_dirs["efficientnet-lite0"])
     torch.manual_seed(0)
     config = CmanConfig.from_towers(
@@ -27,6 +29,7 @@ def pinned(tower_dirs):
         ),
         projection_dim=32,
         audio_token_stride=4,
+        late_fusion_residual=request.param,
     )
     model = CmanModel.from_encoders_pretrained(config).eval()
     processor = CmanProcessor.from_towers(*towers, audio_window_seconds=5.0)
@@ -38,11 +41,11 @@ def pinned(tower_dirs):
         images=[skimage_data.chelsea()],
         sampling_rate=16000,
     )
-    return model, inputs
+    return model, inputs, request.param
 
 
 def test_inference_of_each_tower(pinned):
-    model, inputs = pinned
+    model, inputs, _ = pinned
     with torch.no_grad():
         text = model.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         audio = model.audio_model(inputs["input_features"])
@@ -63,14 +66,22 @@ def test_inference_of_each_tower(pinned):
 
 
 def test_inference_of_cman_on_the_real_towers(pinned):
-    model, inputs = pinned
+    model, inputs, residual = pinned
     with torch.no_grad():
         output = model(**inputs, fuse=True)
     expected = {
-        "text_embeds": [-0.482748, 0.183422, -0.067689, -0.042234],
-        "audio_embeds": [-0.305569, 0.090036, -0.156487, -0.218461],
-        "image_embeds": [-0.374308, 0.179654, -0.073863, -0.180288],
-        "fused_embeds": [-0.391279, 0.153655, -0.102447, -0.180651],
-    }
+        True: {
+            "text_embeds": [0.04587, 0.452154, -0.072791, -0.258825],
+            "audio_embeds": [-0.051833, -0.075806, 0.168191, 0.001731],
+            "image_embeds": [0.161901, 0.024676, 0.208189, 0.011187],
+            "fused_embeds": [0.085502, 0.052763, 0.256374, -0.043001],
+        },
+        False: {
+            "text_embeds": [-0.482748, 0.183422, -0.067689, -0.042234],
+            "audio_embeds": [-0.305569, 0.090036, -0.156487, -0.218461],
+            "image_embeds": [-0.374308, 0.179654, -0.073863, -0.180288],
+            "fused_embeds": [-0.391279, 0.153655, -0.102447, -0.180651],
+        },
+    }[residual]
     for key, values in expected.items():
         torch.testing.assert_close(output[key][0, :4], torch.tensor(values), **TOLERANCE, msg=key)
