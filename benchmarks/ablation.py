@@ -14,7 +14,7 @@ cosine schedule), evaluated on `test` (192 stamps). Rows:
 - `late_fusion_probe`: late fusion with the towers fully frozen, only the projections trained (a linear probe), seed 42;
 - `cascade`: the untrained ASR cascade (Whisper's transcript vs the description through frozen MiniLM), text <-> speech.
 
-A finished row (its folder holds `eval_results.json` from the same command) is not trained again, so an interrupted
+A finished row (its folder holds `eval_results.json` from the same command and config text) is not trained again, so an interrupted
 run continues where it stopped; `--fresh` retrains. Chance levels are computed for each direction.
 """
 
@@ -90,8 +90,10 @@ def train_row(row: Row, seed: int, args) -> Path:
     command += ["--text_tower", f"{args.towers}/minilm-l6", "--audio_tower", f"{args.towers}/whisper-tiny-en",
                 "--image_tower", f"{args.towers}/efficientnet-lite0"]  # fmt: skip
     record = output_dir / "ablation_command.json"
+    # The command and the config file's text: an edited config retrains its rows.
+    recorded = {"command": command[1:], "config": (REPO / row.config).read_text()}
     done = (output_dir / "eval_results.json").exists() and record.exists()
-    if done and json.loads(record.read_text()) == command[1:] and not args.fresh:
+    if done and json.loads(record.read_text()) == recorded and not args.fresh:
         print(f"[ablation] {row.key} seed {seed}: done already ({output_dir})")
         return output_dir
     if args.fresh and output_dir.exists():
@@ -103,7 +105,7 @@ def train_row(row: Row, seed: int, args) -> Path:
     started = time.perf_counter()
     with open(output_dir / "ablation.log", "w") as log:
         subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-    record.write_text(json.dumps(command[1:]))
+    record.write_text(json.dumps(recorded))
     print(f"[ablation] {row.key} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
     return output_dir
 

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         logging.getLogger().addHandler(file_handler)
     set_seed(training_args.seed)
     started = time.perf_counter()
+    phases: dict[str, float] = {}  # wall seconds per phase of the run, written to run_timings.json
     cache_dir = Path(training_args.cache_dir) if training_args.cache_dir else default_cache_dir()
     training_args.bf16, precision = choose_precision(training_args.precision, training_args.device.type)
     logger.info("Training precision: %s", precision)
@@ -124,8 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
                 f"Transcribing {data_args.eval_split}",
                 cache_dir=cache_dir,
             )
+        phases["transcribe_train_and_validation"] = time.perf_counter() - transcribing
         logger.info(
-            "Transcribed the training and validation audio in %.0f s", time.perf_counter() - transcribing
+            "Transcribed the training and validation audio in %.0f s",
+            phases["transcribe_train_and_validation"],
         )
     if model_args.use_lora:
         model = model.apply_lora(
@@ -178,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
         resume = last_complete_checkpoint(output_dir)
         if resume:
             logger.info("Resuming from the last complete checkpoint in output_dir: %s", resume)
+    training = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume)
+    phases["train"] = time.perf_counter() - training
     train_result.metrics["trainable_parameters"] = trainable_parameters
     if data_args.skip_bad_rows:
         train_result.metrics["skipped_bad_rows"] = train_collator.num_skipped + eval_collator.num_skipped
@@ -202,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"train": train_result.metrics}
     if trainer.is_world_process_zero():
         final = save_final_model(trainer.model, processor, output_dir, model_args.save_adapter)
+        testing = time.perf_counter()
         if data_args.test_splits:
             eval_config = RetrievalEvalConfig(
                 splits=list(data_args.test_splits),
@@ -221,11 +227,18 @@ def main(argv: list[str] | None = None) -> dict:
             }
             (output_dir / "eval_results.json").write_text(json.dumps(payload, indent=2) + "\n")
             print(format_results(results["retrieval"]))
+            phases["test_evaluation"] = time.perf_counter() - testing
         if training_args.make_plots:
+            plotting = time.perf_counter()
             from recipes.evaluation.plots import write_run_plots
 
             first_test = data_args.test_splits[0] if data_args.test_splits else None
             write_run_plots(output_dir, final, processor, dataset, first_test, columns, cache_dir=cache_dir)
+            phases["plots"] = time.perf_counter() - plotting
+        phases["total"] = time.perf_counter() - started
+        (output_dir / "run_timings.json").write_text(
+            json.dumps({name: round(seconds, 1) for name, seconds in phases.items()}, indent=2) + "\n"
+        )
         logger.info(
             "Run finished in %.0f s; model and results in %s", time.perf_counter() - started, output_dir
         )

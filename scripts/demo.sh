@@ -39,4 +39,9 @@ echo
 echo "Time per step (s):"
 printf '  %s\n' "${timings[@]}"
 printf '%s\n' "${timings[@]}" | awk '{print "{\"step\": \"" $1 "\", \"seconds\": " $2 "}"}' > "$OUT/timings.jsonl"
+# The training step's own phases (transcription, training, test evaluation, plots), from the recipe.
+if [[ -f "$OUT/run_timings.json" ]]; then
+  $PY -c 'import json, sys; [print(json.dumps({"step": "train_and_evaluate/" + k, "seconds": v})) for k, v in json.load(open(sys.argv[1])).items()]' \
+    "$OUT/run_timings.json" | tee -a "$OUT/timings.jsonl"
+fi
 echo "CMAN model, processor, code, eval_results.json and plots: $(cd "$OUT" && pwd)"

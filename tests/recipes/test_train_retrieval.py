@@ -89,9 +89,12 @@ def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduc
     for name in ("config.json", "model.safetensors", "modeling_cman.py", "configuration_cman.py",
                  "processing_cman.py", "towers.py", "losses.py", "layers.py", "retrieval.py", "processing.py",
                  "processor_config.json", "eval_results.json", "trainer_state.json",
-                 "train.log", "train_log.jsonl", "loss.png", "recall_at_k.png", "tsne.png", "fusion_attention.png"):  # fmt: skip
+                 "train.log", "train_log.jsonl", "run_timings.json", "loss.png", "recall_at_k.png", "tsne.png", "fusion_attention.png"):  # fmt: skip
         assert (output_dir / name).exists(), name
     assert not list(output_dir.glob("*.bin")) and not list(output_dir.glob("*.pt"))
+    phases = json.loads((output_dir / "run_timings.json").read_text())
+    assert set(phases) == {"train", "test_evaluation", "plots", "total"}
+    assert sum(v for k, v in phases.items() if k != "total") <= phases["total"]
     config = json.loads((output_dir / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_cman.CmanModel"
     assert not any("lora" in key for key in load_file(output_dir / "model.safetensors"))
