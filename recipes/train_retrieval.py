@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     phases: dict[str, float] = {}  # wall seconds per phase of the run, written to run_timings.json
     cache_dir = Path(training_args.cache_dir) if training_args.cache_dir else default_cache_dir()
     training_args.bf16, precision = choose_precision(training_args.precision, training_args.device.type)
+    # The Trainer's accelerator reads `mixed_precision`, which TrainingArguments derived from `bf16` when parsed.
+    training_args.mixed_precision = "bf16" if training_args.bf16 else "no"
     logger.info("Training precision: %s", precision)
 
     # Dataset
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         modalities=modalities,
         composed_loss_weight=training_args.composed_loss_weight,
     )
+    logger.info("Mixed precision of the training loop: %s", trainer.accelerator.mixed_precision)
     resume = training_args.resume_from_checkpoint
     if resume is None and training_args.auto_resume:
         resume = last_complete_checkpoint(output_dir)

@@ -310,3 +310,22 @@ def test_the_recipe_under_accelerate_ddp_trains_like_one_process_on_the_global_b
 def _no_stray_runs(tmp_path):
     yield
     shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+
+def test_the_chosen_precision_reaches_the_training_loop(assets, tmp_path):
+    """`precision: bf16` must put the Trainer's loop under bfloat16 autocast (it is the accelerator's
+    `mixed_precision`, not `bf16`, that the loop reads), and `fp32` must not: the same run in the two precisions logs
+    the same first loss to bfloat16's resolution, not bit for bit."""
+    losses = {}
+    for precision in ("bf16", "fp32"):
+        output_dir = tmp_path / precision
+        run([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, output_dir),
+             "--precision", precision, "--num_train_epochs", "1", "--make_plots", "false",
+             "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"])  # fmt: skip
+        log = (output_dir / "train.log").read_text()
+        expected = "bf16" if precision == "bf16" else "no"
+        assert f"Mixed precision of the training loop: {expected}" in log
+        records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+        losses[precision] = next(record["loss"] for record in records if "loss" in record)
+    assert losses["bf16"] != losses["fp32"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
