@@ -45,6 +45,8 @@ logger = logging.get_logger(__name__)
 #: Type ids of the fusion tokens: one per modality, the pooling token, and the transcript of the audio (text-tower
 #: tokens of what the speech recogniser heard, part of the audio input).
 TOKEN_TYPE_IDS = {"text": 0, "audio": 1, "image": 2, "pooling": 3, "transcript": 4}
+#: The modality each token type belongs to (a transcript describes its audio).
+MODALITY_OF_TOKEN_TYPE = {0: "text", 1: "audio", 2: "image", 4: "audio"}
 #: Components of the parameter table, by top-level attribute.
 PARAMETER_GROUPS = {
     "text_model": "text tower",
@@ -321,8 +323,14 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
             )
         output = self.fusion_encoder(segments, output_attentions, output_hidden_states)
         embedding = self.embedding_projection(output.pooler_output)
-        if self.config.late_fusion_residual:  # the fusion refines the sum of the segments' own projections
-            embedding = embedding + sum(segment.pooled for segment in segments)
+        if self.config.late_fusion_residual:
+            # The fusion refines late fusion's embedding: each modality's segments (the transcript's with its audio)
+            # summed and L2-normalised, then summed over the modalities, as a late-fusion composed query is.
+            per_modality: dict[str, torch.Tensor] = {}
+            for segment in segments:
+                modality = MODALITY_OF_TOKEN_TYPE[segment.type_id]
+                per_modality[modality] = per_modality.get(modality, 0) + segment.pooled
+            embedding = embedding + sum(F.normalize(pooled, dim=-1) for pooled in per_modality.values())
         output.pooler_output = F.normalize(embedding, dim=-1)
         return output
 

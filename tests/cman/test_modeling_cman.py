@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModel, BertConfig
 
 from modeling.cman import TOKEN_TYPE_IDS, CmanConfig, CmanModel
@@ -215,6 +216,23 @@ def test_the_late_fusion_residual_trains_with_hardest_negatives_from_the_start()
     _, fusion_only_spreads = train_with_max_margin(tiny_cman_config(late_fusion_residual=False), 0, steps=1)
     assert spreads[0] > 5 * fusion_only_spreads[0], (spreads[0], fusion_only_spreads[0])
     assert losses[-1] < 0.1 * losses[0], losses[::10]
+
+
+def test_an_untrained_residual_cman_embeds_a_composed_query_as_late_fusion_does():
+    """The fusion output starts at zero, so before training a composed query is late fusion's: the normalised sum of
+    its parts' normalised embeddings, each part weighing the same whatever the norm of its tower's projection."""
+    config = tiny_cman_config()
+    torch.manual_seed(0)
+    model = CmanModel(config).eval()
+    with torch.no_grad():
+        model.image_pooled_projection.weight.mul_(
+            10.0
+        )  # a part with a much larger raw norm must not dominate
+        embeds = model.encode([("text",), ("audio",), ("image",), ("audio", "image"), ("text", "audio", "image")],
+                              **cman_inputs(config))  # fmt: skip
+    for combination in [("audio", "image"), ("text", "audio", "image")]:
+        expected = F.normalize(sum(embeds[(modality,)] for modality in combination), dim=-1)
+        torch.testing.assert_close(embeds[combination], expected, rtol=0, atol=1e-6)
 
 
 def test_towers_are_frozen_and_new_parts_trainable():
