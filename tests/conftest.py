@@ -7,6 +7,12 @@ os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Recipe runs (and their subprocesses) keep transcripts and frozen-tower states in a cache of this session only,
+# never in the user's ~/.cache/cross-modal-zoo.
+if "CROSS_MODAL_ZOO_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["CROSS_MODAL_ZOO_CACHE"] = tempfile.mkdtemp(prefix="cross-modal-zoo-test-cache-")
 
 import pytest  # noqa: E402
 

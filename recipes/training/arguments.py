@@ -149,7 +149,8 @@ class RetrievalTrainingArguments(TrainingArguments):
     cache_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Where transcripts and frozen-prefix states are kept (default: ~/.cache/cross-modal-zoo)."
+            "help": "Where transcripts and frozen-prefix states are kept (default: $CROSS_MODAL_ZOO_CACHE, else "
+            "~/.cache/cross-modal-zoo)."
         },
     )
     remove_unused_columns: bool = False

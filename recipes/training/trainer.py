@@ -157,9 +157,11 @@ class RetrievalTrainer(Trainer):
 
 
 def default_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/cross-modal-zoo` (`~/.cache/cross-modal-zoo`)."""
+    """`$CROSS_MODAL_ZOO_CACHE` if set, else `$XDG_CACHE_HOME/cross-modal-zoo` (`~/.cache/cross-modal-zoo`)."""
     import os
 
+    if os.environ.get("CROSS_MODAL_ZOO_CACHE"):
+        return Path(os.environ["CROSS_MODAL_ZOO_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cross-modal-zoo"
 
 
