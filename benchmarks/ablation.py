@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -118,20 +119,20 @@ def train_row(row: Row, seed: int, args) -> Path:
     record = output_dir / "ablation_command.json"
     # The command and the config file's text: an edited config retrains its rows.
     recorded = {"command": command[1:], "config": (REPO / row.config).read_text()}
-    done = (output_dir / "eval_results.json").exists() and record.exists()
-    if done and json.loads(record.read_text()) == recorded and not args.fresh:
+    previous = json.loads(record.read_text()) if record.exists() else None
+    if previous == recorded and (output_dir / "eval_results.json").exists() and not args.fresh:
         print(f"[ablation] {row.key} seed {seed}: done already ({output_dir})")
         return output_dir
-    if args.fresh and output_dir.exists():
-        import shutil
-
+    if output_dir.exists() and (args.fresh or previous != recorded):
+        # Results or checkpoints of another command: never resume from them.
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Written first, so that an interrupted run of the same command resumes from its last complete checkpoint.
+    record.write_text(json.dumps(recorded))
     print(f"[ablation] {row.key} seed {seed}: training ({output_dir})", flush=True)
     started = time.perf_counter()
-    with open(output_dir / "ablation.log", "w") as log:
+    with open(output_dir / "ablation.log", "a") as log:
         subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-    record.write_text(json.dumps(recorded))
     print(f"[ablation] {row.key} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
     return output_dir
 
