@@ -1,4 +1,4 @@
-"""Plots of a retrieval run: loss curves, recall@K per direction, a t-SNE of the shared space and, for a model with
+"""Plots of a retrieval run: loss curves, the loss diagnostics per step, recall@K per direction, a t-SNE of the shared space and, for a model with
 a fusion transformer, its attention map. Each function writes one PNG and returns its path."""
 
 from __future__ import annotations
@@ -46,6 +46,40 @@ def plot_loss(log_history: list[dict], path: Path, title: str = "Retrieval loss"
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+DIAGNOSTICS = {
+    "similarity_spread": "similarity spread (std of cosines; ~0 = collapsed)",
+    "positive_similarity": "mean cosine of positive pairs",
+    "hardest_negative_margin": "positive - hardest negative (mean)",
+    "active_hinges": "share of negatives inside the margin",
+}
+
+
+def plot_loss_diagnostics(records: list[dict], path: Path, title: str = "Loss diagnostics") -> Path:
+    """The four loss diagnostics (`loss_diagnostics.jsonl`) per optimizer step, the loss module of each step marked
+    (a warm-up shows where the model's own loss takes over)."""
+    if not records:
+        raise ValueError("No loss diagnostics to plot (loss_diagnostics.jsonl is empty).")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
+    steps = [record["step"] for record in records]
+    switches = [b["step"] for a, b in zip(records, records[1:]) if a["loss"] != b["loss"]]
+    for ax, (key, label) in zip(axes.flat, DIAGNOSTICS.items()):
+        ax.plot(steps, [record[key] for record in records], color="tab:blue")
+        for step in switches:
+            ax.axvline(step, color="tab:red", linestyle="--", alpha=0.6)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 1].axhline(0, color="black", linewidth=0.5)
+    axes[1, 0].axhline(0, color="black", linewidth=0.5)
+    for ax in axes[1]:
+        ax.set_xlabel("optimizer step")
+    losses = " then ".join(dict.fromkeys(record["loss"] for record in records))
+    fig.suptitle(f"{title} ({losses}{'; dashed: loss switch' if switches else ''})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -169,6 +203,10 @@ def write_run_plots(
         written.append(
             plot_loss(json.loads(state_file.read_text())["log_history"], output_dir / "loss.png", title)
         )
+    diagnostics_file = output_dir / "loss_diagnostics.jsonl"
+    if diagnostics_file.exists() and diagnostics_file.stat().st_size:
+        records = [json.loads(line) for line in diagnostics_file.read_text().splitlines() if line.strip()]
+        written.append(plot_loss_diagnostics(records, output_dir / "loss_diagnostics.png"))
     results_file = output_dir / "eval_results.json"
     if results_file.exists() and split:
         results = json.loads(results_file.read_text())["results"]

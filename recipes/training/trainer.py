@@ -52,6 +52,12 @@ class LossSchedule:
         return self.warmup if step < self.warmup_steps else self.final
 
 
+def loss_name(loss_module) -> str:
+    """`MaxMarginLoss(hardest)`, `InfoNCELoss`: the class, and for a max-margin loss its negatives."""
+    negatives = getattr(loss_module, "negatives", None)
+    return type(loss_module).__name__ + (f"({negatives})" if negatives else "")
+
+
 class RetrievalTrainer(Trainer):
     """
     `Trainer` for the retrieval families: the loss is a module of the training side (see [`LossSchedule`]) applied
@@ -114,9 +120,7 @@ class RetrievalTrainer(Trainer):
         if self.is_world_process_zero() and self.model.training:
             with open(Path(self.args.output_dir) / "loss_diagnostics.jsonl", "a") as handle:
                 handle.write(
-                    json.dumps(
-                        {"step": step, "loss": type(self.loss_schedule.at(step)).__name__, **diagnostics}
-                    )
+                    json.dumps({"step": step, "loss": loss_name(self.loss_schedule.at(step)), **diagnostics})
                     + "\n"
                 )
 

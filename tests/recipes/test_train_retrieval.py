@@ -89,7 +89,7 @@ def test_a_two_epoch_run_under_accelerate_writes_a_loadable_folder_that_reproduc
     for name in ("config.json", "model.safetensors", "modeling_cman.py", "configuration_cman.py",
                  "processing_cman.py", "towers.py", "losses.py", "layers.py", "retrieval.py", "processing.py",
                  "processor_config.json", "eval_results.json", "trainer_state.json",
-                 "train.log", "train_log.jsonl", "run_timings.json", "loss.png", "recall_at_k.png", "tsne.png", "fusion_attention.png"):  # fmt: skip
+                 "train.log", "train_log.jsonl", "run_timings.json", "loss.png", "loss_diagnostics.png", "recall_at_k.png", "tsne.png", "fusion_attention.png"):  # fmt: skip
         assert (output_dir / name).exists(), name
     assert not list(output_dir.glob("*.bin")) and not list(output_dir.glob("*.pt"))
     phases = json.loads((output_dir / "run_timings.json").read_text())
@@ -158,15 +158,9 @@ def test_composed_queries_train_and_the_loss_logs_what_it_sees(assets, tmp_path)
     diagnostics = [
         json.loads(line) for line in (output_dir / "loss_diagnostics.jsonl").read_text().splitlines()
     ]
-    assert [d["step"] for d in diagnostics] == [
-        0,
-        1,
-        2,
-        3,
-    ]  # 16 rows, 4 per step; evaluation does not log here
-    assert [d["loss"] for d in diagnostics] == [
-        "MaxMarginLoss"
-    ] * 4  # all negatives for 2 warm-up steps, then hardest
+    # 16 rows, 4 per step; evaluation does not log here; all negatives for the 2 warm-up steps, then hardest
+    assert [d["step"] for d in diagnostics] == [0, 1, 2, 3]
+    assert [d["loss"] for d in diagnostics] == ["MaxMarginLoss(all)"] * 2 + ["MaxMarginLoss(hardest)"] * 2
     for record in diagnostics:
         assert 0 <= record["active_hinges"] <= 1 and record["similarity_spread"] > 0
     logged = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
