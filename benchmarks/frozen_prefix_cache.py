@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> dict:
     from modeling.common.towers import FrozenPrefixCache, describe_frozen_prefix
     from recipes.data.retrieval import (
         RetrievalCollator,
-        RetrievalColumns,
         add_transcripts,
         load_retrieval_dataset,
         prepare_for_lazy_decoding,
@@ -67,8 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         [args.config, *towers, "--dataset_name", args.dataset, "--output_dir", "/tmp/unused"],
     )
     model, processor = build_model_and_processor(model_args)
-    columns = RetrievalColumns(text=data_args.text_column, audio=data_args.audio_column,
-                               image=data_args.image_column, id=data_args.id_column)  # fmt: skip
+    columns = data_args.retrieval_columns()
     split = load_retrieval_dataset(args.dataset)["train"].select(range(args.batch_size))
     modalities = resolve_columns(split, columns, None)
     split = prepare_for_lazy_decoding(split, columns)

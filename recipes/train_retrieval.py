@@ -27,7 +27,6 @@ if __package__ in (None, ""):  # run as a script (e.g. by accelerate launch): ma
 from modeling.common.towers import FrozenPrefixCache, describe_frozen_prefix  # noqa: E402
 from recipes.data.retrieval import (  # noqa: E402
     RetrievalCollator,
-    RetrievalColumns,
     add_transcripts,
     load_retrieval_dataset,
     prepare_for_lazy_decoding,
@@ -78,12 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("Training precision: %s", precision)
 
     # Dataset
-    columns = RetrievalColumns(
-        text=data_args.text_column,
-        audio=data_args.audio_column,
-        image=data_args.image_column,
-        id=data_args.id_column,
-    )
+    columns = data_args.retrieval_columns()
     dataset = load_retrieval_dataset(data_args.dataset_name, config_name=data_args.dataset_config_name)
     for split in [data_args.train_split, data_args.eval_split, *data_args.test_splits]:
         if split is not None and split not in dataset:

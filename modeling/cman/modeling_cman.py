@@ -394,12 +394,18 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
         """
         inputs.pop("group_ids", None)  # a collator's batch carries them; they do not embed
         check_unknown_kwargs("CmanModel.encode", {k: v for k, v in inputs.items() if not self._is_input(k)})
-        segments = self._segments(**inputs)
-        embeddings = {}
-        for combination in check_combinations(combinations, list(segments)):
-            ordered = [part for m in MODALITIES if m in combination for part in segments[m]]
-            embeddings[combination] = self._fuse(ordered).pooler_output
-        return embeddings
+        return self._compose(self._segments(**inputs), combinations)
+
+    def _compose(
+        self, segments: dict[str, list[FusionSegment]], combinations
+    ) -> dict[tuple[str, ...], torch.Tensor]:
+        """One fusion pass per combination of the modalities in `segments`: its L2-normalised embedding."""
+        return {
+            combination: self._fuse(
+                [part for m in MODALITIES if m in combination for part in segments[m]]
+            ).pooler_output
+            for combination in check_combinations(combinations, list(segments))
+        }
 
     # --------------------------------------------------------------------------------------------------- forward
     @can_return_tuple
@@ -463,12 +469,7 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
             fused = self._fuse([part for m in MODALITIES if m in segments for part in segments[m]], *flags)
         combined = None
         if combinations:
-            combined = {
-                combination_key(c): self._fuse(
-                    [part for m in MODALITIES if m in c for part in segments[m]]
-                ).pooler_output
-                for c in check_combinations(combinations, list(segments))
-            }
+            combined = {combination_key(c): e for c, e in self._compose(segments, combinations).items()}
         loss = None
         if return_loss:
             if len(embeds) < 2:

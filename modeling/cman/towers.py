@@ -473,11 +473,23 @@ def frozen_prefix_length(tower: nn.Module) -> int:
 
 def frozen_prefix_modules(tower: nn.Module) -> list[nn.Module]:
     """The modules of the frozen prefix (see [`frozen_prefix_length`])."""
-    length = frozen_prefix_length(tower)
+    return prefix_modules(tower, frozen_prefix_length(tower))
+
+
+def prefix_modules(tower: nn.Module, length: int) -> list[nn.Module]:
+    """The modules of `tower`'s first `length` stages: its input stage, then `length - 1` layers."""
     if not length:
         return []
     stages = TOWER_STAGES[tower.config.model_type]
     return [*stages.embed_modules(tower), *stages.layers(tower)[: length - 1]]
+
+
+def update_with_weights(digest, modules: list[nn.Module]) -> None:
+    """Feed the names and bytes of every tensor of `modules`' state dicts to `digest` (a `hashlib` object)."""
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
 
 
 def run_prefix(tower: nn.Module, length: int, inputs: dict, attention_mask=None) -> torch.Tensor:
@@ -536,12 +548,7 @@ class FrozenPrefixCache:
         if known is not None and known[1] == length:
             return known[0]
         digest = hashlib.sha256(f"{tower.config.model_type}:{length}".encode())
-        stages = TOWER_STAGES[tower.config.model_type]
-        modules = [*stages.embed_modules(tower), *stages.layers(tower)[: length - 1]]
-        for module in modules:
-            for name, tensor in sorted(module.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        update_with_weights(digest, prefix_modules(tower, length))
         namespace = f"{tower.config.model_type}-{length}-{digest.hexdigest()[:16]}"
         self.names[id(tower)] = (namespace, length)
         self._load(namespace)

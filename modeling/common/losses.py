@@ -218,7 +218,10 @@ class MaxMarginLoss(ContrastiveLoss):
         self.margin = margin
         self.negatives = negatives
         self.top_k = top_k
-        self.diagnostic_margin = margin
+
+    @property
+    def diagnostic_margin(self) -> float:
+        return self.margin
 
     def pair_loss(self, scores, reverse_scores, labels, same_group, logit_scale, logit_bias):
         total = 0.0

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedConfig
 from transformers.utils import logging
 
-from .towers import check_whisper_features, copy_matching_state
+from .towers import check_whisper_features, copy_matching_state, update_with_weights
 
 logger = logging.get_logger(__name__)
 
@@ -201,9 +201,7 @@ class TranscribingMixin:
             import hashlib
 
             digest = hashlib.sha256(self.config.speech_recognizer_config.to_json_string().encode())
-            for name, tensor in sorted(self.speech_recognizer.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            update_with_weights(digest, [self.speech_recognizer])
             self._recognizer_fingerprint = digest.hexdigest()[:24]
         return self._recognizer_fingerprint
 

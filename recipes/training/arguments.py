@@ -103,6 +103,14 @@ class DataArguments:
         },
     )
 
+    def retrieval_columns(self):
+        """The dataset's column names as a `RetrievalColumns`."""
+        from recipes.data.retrieval import RetrievalColumns
+
+        return RetrievalColumns(
+            text=self.text_column, audio=self.audio_column, image=self.image_column, id=self.id_column
+        )
+
 
 @dataclass
 class RetrievalTrainingArguments(TrainingArguments):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from modeling.common.losses import ContrastiveLoss, build_loss
+from modeling.common.retrieval import combination_key
 from recipes.evaluation.ranking import positives_from_ids, rank_of_positives, retrieval_metrics
 from recipes.utils.models import MODALITIES, unwrap_model
 
@@ -81,7 +83,7 @@ class RetrievalTrainer(Trainer):
         self.composed_loss_weight = composed_loss_weight
         # Each pair of modalities embedded together, against the third (with three modalities).
         self.composed_pairs = (
-            [c for c in itertools.combinations(self.modalities, 2)]
+            list(itertools.combinations(self.modalities, 2))
             if composed_loss_weight and len(self.modalities) == 3
             else []
         )
@@ -109,7 +111,7 @@ class RetrievalTrainer(Trainer):
             self._record_diagnostics(step, loss_module.diagnostics)
         for pair in composed:
             (third,) = set(self.modalities) - set(pair)
-            key = "+".join(pair)
+            key = combination_key(pair)
             composed_embeds = {key: outputs.combined_embeds[key], third: embeds[third]}
             loss = loss + self.composed_loss_weight * loss_module(composed_embeds, scale, bias, group_ids)
         return loss, embeds, group_ids
@@ -117,7 +119,7 @@ class RetrievalTrainer(Trainer):
     def _record_diagnostics(self, step: int, diagnostics: dict[str, float]) -> None:
         """Keep what the loss saw at this step (for the next log line) and append it to `loss_diagnostics.jsonl`."""
         self._diagnostics.append(diagnostics)
-        if self.is_world_process_zero() and self.model.training:
+        if self.is_world_process_zero():
             with open(Path(self.args.output_dir) / "loss_diagnostics.jsonl", "a") as handle:
                 handle.write(
                     json.dumps({"step": step, "loss": loss_name(self.loss_schedule.at(step)), **diagnostics})
@@ -162,8 +164,6 @@ class RetrievalTrainer(Trainer):
 
 def default_cache_dir() -> Path:
     """`$CROSS_MODAL_ZOO_CACHE` if set, else `$XDG_CACHE_HOME/cross-modal-zoo` (`~/.cache/cross-modal-zoo`)."""
-    import os
-
     if os.environ.get("CROSS_MODAL_ZOO_CACHE"):
         return Path(os.environ["CROSS_MODAL_ZOO_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cross-modal-zoo"
