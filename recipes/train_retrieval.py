@@ -6,7 +6,9 @@ LoRA and `accelerate`.
 
 Arguments come from a YAML file (first positional argument) and are overridden by `--flags` on the command line.
 The run writes to `output_dir`: checkpoints, the final model (LoRA merged; the adapter too with `save_adapter`), its
-processor and code, `eval_results.json`, `trainer_state.json`, `train_log.jsonl` and plots.
+processor and code, `eval_results.json`, `run_config.json`, `trainer_state.json`, `train_log.jsonl`, plots and the
+model card (`README.md`). With `--push_to_hub` (and `--hub_model_id owner/name`), the finished folder is published
+as `recipes/publish.py` does it (the token is checked before training starts).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import transformers
@@ -33,6 +36,7 @@ from recipes.data.retrieval import (  # noqa: E402
     resolve_columns,
 )
 from recipes.evaluation.retrieval import RetrievalEvalConfig, evaluate_model, format_results  # noqa: E402
+from recipes.hub import check_can_publish, publish_run  # noqa: E402
 from recipes.training.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments  # noqa: E402
 from recipes.training.model import build_model_and_processor, lora_targets  # noqa: E402
 from recipes.training.trainer import (  # noqa: E402  # noqa: E402
@@ -75,6 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
     # The Trainer's accelerator reads `mixed_precision`, which TrainingArguments derived from `bf16` when parsed.
     training_args.mixed_precision = "bf16" if training_args.bf16 else "no"
     logger.info("Training precision: %s", precision)
+    # Publishing is this recipe's last step (the Trainer would push every checkpoint): check the token now, not
+    # after training.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    hub_model_id = training_args.hub_model_id or output_dir.resolve().name
+    if push_to_hub:
+        check_can_publish(training_args.hub_token)
 
     # Dataset
     columns = data_args.retrieval_columns()
@@ -135,8 +145,24 @@ def main(argv: list[str] | None = None) -> dict:
                 model, model_args.lora_towers, model_args.lora_last_n, model_args.lora_last_n_per_tower
             ),
         )
-    logger.info("Parameters:\n%s", model.parameter_table())
+    parameter_table = model.parameter_table()
+    logger.info("Parameters:\n%s", parameter_table)
     trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    run_config = {
+        "command": ["recipes/train_retrieval.py", *(sys.argv[1:] if argv is None else argv)],
+        "model": asdict(model_args),
+        "data": asdict(data_args),
+        "training": {
+            **{key: value for key, value in training_args.to_dict().items() if not key.startswith("hub_")},
+            "world_size": training_args.world_size,
+            "precision_used": precision,
+        },
+        "split_sizes": {data_args.train_split: len(train_dataset)}
+        | ({data_args.eval_split: len(eval_dataset)} if eval_dataset is not None else {}),
+        "parameter_table": parameter_table,
+        "trainable_parameters": trainable_parameters,
+        "device": str(training_args.device),
+    }
     prefix_cache = None
     if training_args.cache_frozen_prefix:
         # Only what no trainable parameter touches: the layers below each tower's first LoRA (or trainable) layer.
@@ -196,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
         train_result.metrics["frozen_prefix_misses"] = sum(stats["misses"] for stats in summary.values())
         if trainer.is_world_process_zero():
             (output_dir / "frozen_prefix_cache.json").write_text(json.dumps(summary, indent=2) + "\n")
+    run_config["train_runtime_seconds"] = phases["train"]
+    if trainer.is_world_process_zero():
+        (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
     trainer.save_state()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -232,10 +261,19 @@ def main(argv: list[str] | None = None) -> dict:
             first_test = data_args.test_splits[0] if data_args.test_splits else None
             write_run_plots(output_dir, final, processor, dataset, first_test, columns, cache_dir=cache_dir)
             phases["plots"] = time.perf_counter() - plotting
+        if (output_dir / "eval_results.json").exists():
+            from model_cards import write_model_card
+
+            logger.info("Model card: %s", write_model_card(output_dir))
         phases["total"] = time.perf_counter() - started
         (output_dir / "run_timings.json").write_text(
             json.dumps({name: round(seconds, 1) for name, seconds in phases.items()}, indent=2) + "\n"
         )
+        if push_to_hub:
+            url = publish_run(
+                output_dir, hub_model_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo)
+            )
+            logger.info("Published to the Hub: %s", url)
         logger.info(
             "Run finished in %.0f s; model and results in %s", time.perf_counter() - started, output_dir
         )

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh Debian machine with Python 3.11: system packages (when root),
-# a virtual environment in .venv and the project with its test and Spaces extras. Idempotent: a second run only
+# a virtual environment in .venv and the project with its test, Spaces and export extras. Idempotent: a second run only
 # checks. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(ffmpeg espeak-ng sox librsvg2-bin tuxpaint-stamps-default)
+# chromium: the browser tests drive it through Playwright (never `playwright install`, which downloads one).
+APT_PACKAGES=(ffmpeg espeak-ng sox librsvg2-bin tuxpaint-stamps-default chromium)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -29,9 +30,9 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [[ ! -f $stamp ]]; then
-  echo "[setup] pip install -e '.[test,spaces]' (torch, transformers, ...; a few minutes the first time)"
+  echo "[setup] pip install -e '.[test,spaces,export]' (torch, transformers, ...; a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test,spaces]'
+  .venv/bin/python -m pip install -q -e '.[test,spaces,export]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

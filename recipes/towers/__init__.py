@@ -52,7 +52,7 @@ TOWER_NAMES = ("minilm-l6", "whisper-tiny-en", "efficientnet-lite0")
 MARKER_FILE = "towers.json"
 LOCK_FILE = ".towers.lock"
 # Bump when the content written by a converter changes, so that cached folders are rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the tower READMEs name their `base_model`
 
 
 _BUILDERS: dict[str, Callable[[str | os.PathLike], Path]] = {

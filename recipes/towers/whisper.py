@@ -255,5 +255,12 @@ def convert_whisper(output_dir: str | os.PathLike, source_dir: str | os.PathLike
     with StagedFolder(output_dir, "whisper-tiny-en") as folder:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
-        write_readme(folder, title="Whisper tiny.en", license_id="mit", package=package, body=_WHISPER_README)
+        write_readme(
+            folder,
+            title="Whisper tiny.en",
+            license_id="mit",
+            package=package,
+            body=_WHISPER_README,
+            base_model="openai/whisper-tiny.en",
+        )
     return Path(output_dir) / "whisper-tiny-en"
