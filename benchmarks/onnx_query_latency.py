@@ -30,12 +30,16 @@ def _timed(function, *args):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=str(REPO / "outputs/demo"))
     parser.add_argument("--onnx", help="default: MODEL/onnx")
     parser.add_argument("--dataset", default=str(REPO / "outputs/data/stamps"))
     parser.add_argument("--split", default="test")
-    parser.add_argument("--queries", type=int, default=20, help="queries per modality (the first 2 are warm-up)")
+    parser.add_argument(
+        "--queries", type=int, default=20, help="queries per modality (the first 2 are warm-up)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
 
@@ -75,20 +79,30 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(rows)} queries per modality from {args.split}, batch 1, {args.threads} threads")
     for modality in ("text", "image", "audio"):
         if not encoders.has(modality):
-            print(f"{modality}: no ONNX encoder ({encoders.report['encoders'].get(modality, {}).get('skipped')})")
+            print(
+                f"{modality}: no ONNX encoder ({encoders.report['encoders'].get(modality, {}).get('skipped')})"
+            )
             continue
-        timings = {key: [] for key in ("pytorch_encoder", "onnx_encoder", "pytorch_query", "onnx_query", "asr")}
+        timings = {
+            key: [] for key in ("pytorch_encoder", "onnx_encoder", "pytorch_query", "onnx_query", "asr")
+        }
         for index in range(len(rows)):
             kwargs = raw(modality, rows[index])
             if modality == "audio" and transcribes:
-                features = processor(audio=kwargs["audio"], sampling_rate=kwargs["sampling_rate"], return_tensors="pt")
+                features = processor(
+                    audio=kwargs["audio"], sampling_rate=kwargs["sampling_rate"], return_tensors="pt"
+                )
                 with torch.no_grad():
                     transcript, seconds = _timed(model.transcribe, features["input_features"])
                 kwargs["transcripts"] = transcript
                 timings["asr"].append(seconds)
-            inputs, processing = _timed(lambda: processor(**kwargs, return_tensors="pt"))
+            inputs, processing = _timed(lambda kwargs=kwargs: processor(**kwargs, return_tensors="pt"))
             with torch.no_grad():
-                expected, torch_seconds = _timed(lambda: model.encode([(modality,)], **inputs)[(modality,)])
+                expected, torch_seconds = _timed(
+                    lambda inputs=inputs, modality=modality: model.encode([(modality,)], **inputs)[
+                        (modality,)
+                    ]
+                )
             actual, onnx_seconds = _timed(encoders.encode, modality, inputs)
             difference = float(np.abs(actual - expected.numpy()).max())
             if difference > 1e-4:

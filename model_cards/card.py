@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,7 @@ FAMILIES = {
             "Limits: the model ranks what is in its index; it does not caption or answer questions. It was trained "
             "on the data named below only: expect it to be weaker on photographs, long audio, noisy recordings and "
             "languages it did not see. Audio is truncated to the audio tower's window. Where a simpler model of the "
-            "same data does as well (see *Beside simpler baselines*), prefer the simpler one."
+            "same data does as well (the zoo's ablation table compares them), prefer the simpler one."
         ),
     ),
     "late_fusion": FamilyCard(
@@ -194,7 +195,9 @@ def baseline_table(ablation: dict, results: dict, split: str = "test") -> str | 
     chance = results[split]["directions"]
     lines.append(
         "| chance | "
-        + " | ".join(f"{chance[d]['chance']['R@1']:.3f} / {chance[d]['chance']['R@10']:.3f}" for d in directions)
+        + " | ".join(
+            f"{chance[d]['chance']['R@1']:.3f} / {chance[d]['chance']['R@10']:.3f}" for d in directions
+        )
         + " |"
     )
     return "\n".join(lines) + f"\n\nR@1 / R@10 on `{split}`, same data and split for every row."
@@ -249,7 +252,10 @@ def _architecture_details(config: dict) -> str:
 
 def _parameter_table(run_config: dict, run_dir: Path) -> str:
     if run_config.get("parameter_table"):
-        return "Parameters (as trained; *trainable* counts what this run updated):\n\n" + run_config["parameter_table"]
+        return (
+            "Parameters (as trained; *trainable* counts what this run updated):\n\n"
+            + run_config["parameter_table"]
+        )
     from safetensors import safe_open
 
     weights = run_dir / "model.safetensors"
@@ -290,7 +296,12 @@ def _hyperparameters(run_config: dict, config: dict) -> list[tuple[str, str]]:
         ("Seed", str(training.get("seed"))),
     ]  # fmt: skip
     if run_config.get("train_runtime_seconds") is not None:
-        rows.append(("Training time", f"{run_config['train_runtime_seconds']:.0f} s on {run_config.get('device', '?')}"))
+        rows.append(
+            (
+                "Training time",
+                f"{run_config['train_runtime_seconds']:.0f} s on {run_config.get('device', '?')}",
+            )
+        )
     return rows
 
 
@@ -314,9 +325,13 @@ def _snippet(model_id: str, config: dict) -> str:
     if audio:
         lines.append("speech = [np.zeros(16000, dtype=np.float32)]  # 1 s at 16 kHz: use a real recording")
     lines += ["", "with torch.no_grad():"]
-    lines.append('    text = model.get_text_features(**processor(text=texts, return_tensors="pt")).pooler_output')
+    lines.append(
+        '    text = model.get_text_features(**processor(text=texts, return_tensors="pt")).pooler_output'
+    )
     if image:
-        lines.append('    image = model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output')
+        lines.append(
+            '    image = model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output'
+        )
     if audio:
         lines.append(
             '    audio = model.get_audio_features(**processor(audio=speech, sampling_rate=16000, return_tensors="pt")).pooler_output'
@@ -330,7 +345,9 @@ def _snippet(model_id: str, config: dict) -> str:
     if image:
         lines.append("print((text @ image.T).softmax(dim=-1))  # which image each text describes")
     if audio and image:
-        lines.append("print((composed @ image.T).tolist())  # cosine similarity of the composed query to each image")
+        lines.append(
+            "print((composed @ image.T).tolist())  # cosine similarity of the composed query to each image"
+        )
     return "\n".join(lines)
 
 
@@ -347,18 +364,27 @@ def build_model_card(
     run_dir = Path(run_dir).resolve()
     config = _read_json(run_dir / "config.json", "this is not a saved model folder")
     evaluation = _read_json(
-        run_dir / "eval_results.json", "evaluate the model first (recipes/evaluate_retrieval.py --output_dir RUN_DIR)"
+        run_dir / "eval_results.json",
+        "evaluate the model first (recipes/evaluate_retrieval.py --output_dir RUN_DIR)",
     )
     results = evaluation.get("results") or {}
     if not results:
-        raise CardError(f"{run_dir / 'eval_results.json'} holds no results; evaluate the model on a test split.")
-    run_config = json.loads((run_dir / "run_config.json").read_text()) if (run_dir / "run_config.json").exists() else {}
+        raise CardError(
+            f"{run_dir / 'eval_results.json'} holds no results; evaluate the model on a test split."
+        )
+    run_config = (
+        json.loads((run_dir / "run_config.json").read_text())
+        if (run_dir / "run_config.json").exists()
+        else {}
+    )
     model_type = config.get("model_type", "?")
     family = FAMILIES.get(model_type)
     if family is None:
         raise CardError(f"No card layout for model_type {model_type!r}; the zoo has {sorted(FAMILIES)}.")
     model_id = model_id or str(run_dir)
-    dataset_name = (run_config.get("data") or {}).get("dataset_name") or evaluation.get("dataset") or "unknown"
+    dataset_name = (
+        (run_config.get("data") or {}).get("dataset_name") or evaluation.get("dataset") or "unknown"
+    )
     dataset_id_, dataset_pretty, dataset_license = _dataset_facts(dataset_name, dataset_id)
 
     base_models = []
@@ -381,7 +407,9 @@ def build_model_card(
     )
     splits = run_config.get("split_sizes") or {}
     splits_line = ", ".join(f"`{name}` {size}" for name, size in splits.items()) or "not recorded"
-    splits_line += "; tested on " + ", ".join(f"`{s}` ({r.get('num_items', '?')} items)" for s, r in results.items())
+    splits_line += "; tested on " + ", ".join(
+        f"`{s}` ({r.get('num_items', '?')} items)" for s, r in results.items()
+    )
     ablation = json.loads(Path(baselines).read_text()) if baselines else None
     plots = [(caption, name) for name, caption in PLOTS.items() if (run_dir / name).exists()]
     command = run_config.get("command")
@@ -414,7 +442,7 @@ def build_model_card(
         + (f", licence {dataset_license}" if dataset_license else ""),
         splits_line=splits_line,
         hyperparameters=_hyperparameters(run_config, config),
-        command=" ".join(command) if isinstance(command, list) else command,
+        command=shlex.join(["python", *command]) if isinstance(command, list) else command,
         results_intro=(
             "Recall@K (share of queries whose match is among the first K results) and median rank of the match, "
             "on held-out splits; in brackets the same figure for a random ranking. Captions that normalise to the "

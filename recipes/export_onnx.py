@@ -46,7 +46,9 @@ def sample_inputs(model, processor, dataset_path: str, split: str, num_items: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", help="a saved model folder (or Hub id)")
     parser.add_argument("--dataset", required=True, help="the dataset whose rows check the export")
     parser.add_argument("--split", default="test")

@@ -22,11 +22,17 @@ from recipes.hub import PublishError, publish_run, stage_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", help="output_dir of a training run (a saved model folder)")
     parser.add_argument("repo_id", help="the Hub model repository, e.g. your-name/cman-stamps")
-    parser.add_argument("--dry-run", action="store_true", help="write the folder that would be uploaded; upload nothing")
-    parser.add_argument("--staging_dir", help="where --dry-run writes (default outputs/publish/<owner>__<name>)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="write the folder that would be uploaded; upload nothing"
+    )
+    parser.add_argument(
+        "--staging_dir", help="where --dry-run writes (default outputs/publish/<owner>__<name>)"
+    )
     parser.add_argument("--private", action="store_true", help="create the repository private")
     parser.add_argument("--include_logs", action="store_true", help="also publish the logs and trainer state")
     parser.add_argument("--force", action="store_true", help="publish a folder that has no eval_results.json")
@@ -46,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                 baselines=args.baselines,
             )
             print(staged.describe())
-            print(f"\nDry run: nothing was uploaded. `hf upload {args.repo_id} {staged.folder}` uploads this folder.")
+            print(
+                f"\nDry run: nothing was uploaded. `hf upload {args.repo_id} {staged.folder}` uploads this folder."
+            )
         else:
             url = publish_run(
                 args.run_dir,

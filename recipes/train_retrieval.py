@@ -271,7 +271,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
         if push_to_hub:
             url = publish_run(
-                output_dir, hub_model_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo)
+                output_dir,
+                hub_model_id,
+                token=training_args.hub_token,
+                private=bool(training_args.hub_private_repo),
             )
             logger.info("Published to the Hub: %s", url)
         logger.info(

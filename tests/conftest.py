@@ -38,3 +38,11 @@ def tower_dirs(tmp_path_factory):
     from recipes.towers import ensure_towers
 
     return ensure_towers(tmp_path_factory.mktemp("towers"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict:
+    """A tiny CMAN trained for one epoch by the recipe (see tests/runs.py), shared by the whole session."""
+    from tests.runs import train_tiny_run
+
+    return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))

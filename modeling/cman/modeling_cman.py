@@ -317,7 +317,9 @@ class CmanModel(TranscribingMixin, TowersMixin, CmanPreTrainedModel):
         """One fusion pass; `pooler_output` is the L2-normalised embedding `(batch, projection_dim)`."""
         sizes = {segment.type_id: segment.tokens.shape[0] for segment in segments}
         batch_sizes = list(sizes.values())
-        if any(size != batch_sizes[0] for size in batch_sizes[1:]):  # compared, not hashed: torch.export traces it
+        if any(
+            size != batch_sizes[0] for size in batch_sizes[1:]
+        ):  # compared, not hashed: torch.export traces it
             raise ValueError(
                 f"Fusing modalities needs the same batch size for each, got {sizes} (by token type). Embed "
                 "unpaired inputs one modality at a time."

@@ -121,13 +121,17 @@ def export_encoders(
             report["encoders"][modality] = entry
             continue
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        actual = session.run(["pooled_embedding"], {n: t.numpy() for n, t in zip(names, tensors, strict=True)})[0]
+        actual = session.run(
+            ["pooled_embedding"], {n: t.numpy() for n, t in zip(names, tensors, strict=True)}
+        )[0]
         difference = float(np.abs(actual - expected).max())
         # The graph is dynamic in batch and length: check a single query trimmed of its padding too.
         single = _single_item(names, tensors)
         with torch.no_grad():
             expected_single = _Encoder(model, modality, names).eval()(*single).float().numpy()
-        actual_single = session.run(["pooled_embedding"], {n: t.numpy() for n, t in zip(names, single, strict=True)})
+        actual_single = session.run(
+            ["pooled_embedding"], {n: t.numpy() for n, t in zip(names, single, strict=True)}
+        )
         difference = max(difference, float(np.abs(actual_single[0] - expected_single).max()))
         entry.update(
             max_abs_difference=difference,
@@ -143,7 +147,9 @@ def export_encoders(
                 f"The ONNX {modality} encoder differs from PyTorch by {difference:.2e} > {tolerance:g} on "
                 f"{expected.shape[0]} real inputs; see {output_dir / REPORT}."
             )
-        logger.info("%s encoder: max |ONNX - PyTorch| = %.2e on %d items", modality, difference, len(expected))
+        logger.info(
+            "%s encoder: max |ONNX - PyTorch| = %.2e on %d items", modality, difference, len(expected)
+        )
     (output_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -157,7 +163,9 @@ class OnnxEncoders:
         self.folder = Path(folder)
         report_file = self.folder / REPORT
         if not report_file.exists():
-            raise FileNotFoundError(f"{report_file} is missing: export the encoders with recipes/export_onnx.py.")
+            raise FileNotFoundError(
+                f"{report_file} is missing: export the encoders with recipes/export_onnx.py."
+            )
         self.report = json.loads(report_file.read_text())
         options = onnxruntime.SessionOptions()
         if threads:

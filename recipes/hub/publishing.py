@@ -84,7 +84,10 @@ def _check_model_folder(run_dir: Path) -> dict:
     if not config_file.exists():
         raise PublishError(f"{run_dir} has no config.json: give the output_dir of a finished training run.")
     config = json.loads(config_file.read_text())
-    if not (run_dir / "model.safetensors").exists() and not (run_dir / "model.safetensors.index.json").exists():
+    if (
+        not (run_dir / "model.safetensors").exists()
+        and not (run_dir / "model.safetensors.index.json").exists()
+    ):
         raise PublishError(f"{run_dir} has no model.safetensors: only safetensors weights are published.")
     auto_map = config.get("auto_map") or {}
     if "AutoModel" not in auto_map:
@@ -139,12 +142,16 @@ def stage_run(
         if entry.is_dir():
             if name in MODEL_FOLDERS:
                 shutil.copytree(entry, staging / name)
-            elif include_logs and name == "runs":
+            elif name == "runs" and include_logs:  # TensorBoard
                 shutil.copytree(entry, staging / name)
+            elif name == "runs":
+                left_out.append((name + "/", "TensorBoard logs (--include_logs to publish them)"))
             elif name.startswith("checkpoint-"):
-                left_out.append((name + "/", "a training checkpoint (optimizer state; resume from the run folder)"))
+                left_out.append(
+                    (name + "/", "a training checkpoint (optimizer state; resume from the run folder)")
+                )
             else:
-                left_out.append((name + "/", "not part of the model" + ("" if include_logs else " (logs: --include_logs)")))
+                left_out.append((name + "/", "not part of the model"))
         elif name == "README.md":
             continue  # written below, for this repository id
         elif name in wanted:
@@ -184,6 +191,19 @@ def check_can_publish(token: str | None = None) -> str:
     return token
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection and timeout errors of the HTTP client huggingface_hub uses (`httpx2` from huggingface_hub 2.x,
+    `httpx` before)."""
+    errors: list[type[BaseException]] = []
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            continue
+        errors += [module.ConnectError, module.TimeoutException]
+    return tuple(errors) or (ConnectionError,)
+
+
 def publish_run(
     run_dir: str | os.PathLike,
     repo_id: str,
@@ -196,14 +216,18 @@ def publish_run(
     commit_message: str | None = None,
 ) -> str:
     """Create `repo_id` (if needed) and upload the staged run folder to it; returns the commit URL."""
-    import httpx
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     token = check_can_publish(token)
     with tempfile.TemporaryDirectory(prefix="publish-") as staging:
         staged = stage_run(
-            run_dir, repo_id, Path(staging) / "repo", include_logs=include_logs, force=force, baselines=baselines
+            run_dir,
+            repo_id,
+            Path(staging) / "repo",
+            include_logs=include_logs,
+            force=force,
+            baselines=baselines,
         )
         logger.info("Uploading %s", staged.describe())
         api = HfApi(token=token)
@@ -214,7 +238,7 @@ def publish_run(
                 folder_path=staged.folder,
                 commit_message=commit_message or f"Upload {Path(run_dir).name} with cross-modal-zoo",
             )
-        except (httpx.ConnectError, httpx.TimeoutException, OfflineModeIsEnabled) as error:
+        except (*_network_errors(), OfflineModeIsEnabled) as error:
             raise PublishError(
                 f"Cannot reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {error}). Check the network "
                 "or HF_ENDPOINT, or use --dry-run to write the folder that would be uploaded."

@@ -5,4 +5,12 @@ from .index import Hit, RetrievalIndex
 from .inputs import QueryError, load_audio, load_image
 from .retrieval import RetrievalService, SearchResult
 
-__all__ = ["Hit", "QueryError", "RetrievalIndex", "RetrievalService", "SearchResult", "load_audio", "load_image"]
+__all__ = [
+    "Hit",
+    "QueryError",
+    "RetrievalIndex",
+    "RetrievalService",
+    "SearchResult",
+    "load_audio",
+    "load_image",
+]

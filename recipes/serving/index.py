@@ -117,7 +117,9 @@ class RetrievalIndex:
         return cls._build(model, processor, dataset, folder, columns, batch_size, cache_dir)
 
     @classmethod
-    def _build(cls, model, processor, dataset, folder: Path, columns, batch_size: int, cache_dir) -> RetrievalIndex:
+    def _build(
+        cls, model, processor, dataset, folder: Path, columns, batch_size: int, cache_dir
+    ) -> RetrievalIndex:
         from safetensors.torch import save_file
 
         from recipes.data.retrieval import (
@@ -138,7 +140,13 @@ class RetrievalIndex:
         lazy = prepare_for_lazy_decoding(dataset, columns)
         if transcribes_audio(model) and "audio" in modalities:
             lazy = add_transcripts(
-                lazy, model, processor, columns, batch_size, description="transcribing the index", cache_dir=cache_dir
+                lazy,
+                model,
+                processor,
+                columns,
+                batch_size,
+                description="transcribing the index",
+                cache_dir=cache_dir,
             )
         collator = RetrievalCollator(processor, columns=columns)
         embeds, _ = embed_dataset(
@@ -149,7 +157,9 @@ class RetrievalIndex:
         (staging / "items.json").write_text(json.dumps(items, indent=1) + "\n")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)  # a crash while building never leaves a half index behind
-        logger.info("Built the index of %d rows in %.0f s: %s", len(items), time.perf_counter() - started, folder)
+        logger.info(
+            "Built the index of %d rows in %.0f s: %s", len(items), time.perf_counter() - started, folder
+        )
         return cls(folder, {m: embeds[(m,)] for m in modalities}, items)
 
     @staticmethod
@@ -166,7 +176,9 @@ class RetrievalIndex:
             item = {"id": str(record.get(columns.id, row)) if columns.id else str(row)}
             if "text" in modalities:
                 item["text"] = record[columns.text]
-                item["text_key"] = item["audio_key"] = item["image_key"] = normalise_caption(record[columns.text])
+                item["text_key"] = item["audio_key"] = item["image_key"] = normalise_caption(
+                    record[columns.text]
+                )
             if "image" in modalities:
                 _load_image(record[columns.image], columns.image, bad).save(media / f"{row}.png")
                 item["image"] = f"media/{row}.png"

@@ -97,7 +97,9 @@ def load_audio(path: str | os.PathLike, max_seconds: float) -> tuple[np.ndarray,
             "or record one."
         ) from error
     if wave.size == 0:
-        raise QueryError(f"The audio {_name(path)!r} holds no samples; record or upload a clip with sound in it.")
+        raise QueryError(
+            f"The audio {_name(path)!r} holds no samples; record or upload a clip with sound in it."
+        )
     if wave.size / rate > max_seconds:
         raise QueryError(
             f"The audio {_name(path)!r} is {wave.size / rate:.1f} s long; the limit is {max_seconds:g} s: trim it."

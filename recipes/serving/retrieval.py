@@ -99,7 +99,9 @@ class RetrievalService:
         and the image file. Raises `QueryError` for an unusable input or an empty query."""
         text = (text or "").strip() or None
         if text is None and not audio_path and not image_path:
-            raise QueryError("Give a query: type some text, record or upload audio, or upload an image (any mix).")
+            raise QueryError(
+                "Give a query: type some text, record or upload audio, or upload an image (any mix)."
+            )
         if not 1 <= int(k) <= 50:
             raise QueryError(f"Ask for 1 to 50 results, not {k}.")
         wave = load_audio(audio_path, self.max_audio_seconds) if audio_path else None
@@ -175,7 +177,9 @@ class RetrievalService:
         """The retrieval model itself: the item's embedding against the labels' prompts, softmax over the scaled
         cosine similarities."""
         prompts = [ZERO_SHOT_TEMPLATES[modality].format(name) for name in names]
-        labels = self.model.get_text_features(**self.processor(text=prompts, return_tensors="pt")).pooler_output
+        labels = self.model.get_text_features(
+            **self.processor(text=prompts, return_tensors="pt")
+        ).pooler_output
         if modality == "image":
             inputs = self.processor(images=[item], return_tensors="pt")
             embedding = self.model.get_image_features(**inputs).pooler_output
@@ -203,4 +207,3 @@ class RetrievalService:
         if picks[0].get("audio"):  # composed: a typed and a spoken description together
             examples.append([picks[0]["text"], str(folder / picks[0]["audio"]), None])
         return examples
-

@@ -22,21 +22,6 @@ query and ranks the indexed {count} items of `{split}` by cosine similarity. Aud
 Model: `{model}`."""
 
 
-def _uploaded_image_class():
-    import gradio as gr
-
-    class UploadedImage(gr.Image):
-        """An image input that hands the uploaded file's path over undecoded: the service reads and checks it (a file
-        that is not an image, or a huge one, gets a readable message instead of Gradio's preprocessing error)."""
-
-        is_template = True  # the page draws it with the stock Image component
-
-        def preprocess(self, payload):
-            return None if payload is None else str(payload.path)
-
-    return UploadedImage
-
-
 def _user_error(error: Exception):
     import gradio as gr
 
@@ -54,7 +39,8 @@ def format_search(result: SearchResult, num_audio: int = NUM_AUDIO_RESULTS):
     if result.transcript is not None:
         status += f"  \nHeard in the audio: *“{result.transcript.strip() or '(nothing)'}”*"
     gallery = [
-        (hit.image, f"#{hit.rank} · {hit.score:.3f} · {hit.text or hit.id}") for hit in result.hits.get("image", [])
+        (hit.image, f"#{hit.rank} · {hit.score:.3f} · {hit.text or hit.id}")
+        for hit in result.hits.get("image", [])
     ]
     table = [[hit.rank, round(hit.score, 4), hit.text] for hit in result.hits.get("text", [])]
     players = []
@@ -62,7 +48,9 @@ def format_search(result: SearchResult, num_audio: int = NUM_AUDIO_RESULTS):
     for position in range(num_audio):
         if position < len(audio_hits):
             hit = audio_hits[position]
-            players.append(gr.Audio(value=hit.audio, label=f"#{hit.rank} · {hit.score:.3f} · {hit.text or hit.id}"))
+            players.append(
+                gr.Audio(value=hit.audio, label=f"#{hit.rank} · {hit.score:.3f} · {hit.text or hit.id}")
+            )
         else:
             players.append(gr.Audio(value=None, label="—"))
     return [status, gallery, table, *players]
@@ -71,7 +59,7 @@ def format_search(result: SearchResult, num_audio: int = NUM_AUDIO_RESULTS):
 def build_retrieval_demo(service: RetrievalService, title: str = "Cross-modal search"):
     import gradio as gr
 
-    UploadedImage = _uploaded_image_class()
+    from recipes.serving.components import UploadedImage
 
     def search(text, audio, image, k):
         try:
@@ -89,11 +77,15 @@ def build_retrieval_demo(service: RetrievalService, title: str = "Cross-modal se
 
     split = service.index.folder.name.rsplit("-", 1)[0]
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(DESCRIPTION.format(count=len(service.index), split=split, model=service.model_name_or_path))
+        gr.Markdown(
+            DESCRIPTION.format(count=len(service.index), split=split, model=service.model_name_or_path)
+        )
         with gr.Tab("Search"):
             with gr.Row():
                 with gr.Column():
-                    text = gr.Textbox(label="Text", placeholder="e.g. a red fire engine", elem_id="query-text")
+                    text = gr.Textbox(
+                        label="Text", placeholder="e.g. a red fire engine", elem_id="query-text"
+                    )
                     audio = gr.Audio(
                         label="Audio (record or upload)",
                         sources=["upload", "microphone"],
@@ -156,7 +148,9 @@ def build_retrieval_demo(service: RetrievalService, title: str = "Cross-modal se
             first = next((item for item in service.index.items if item.get("image")), None)
             if first:
                 gr.Examples(
-                    examples=[[str(service.index.folder / first["image"]), None, "animal, vehicle, food, plant"]],
+                    examples=[
+                        [str(service.index.folder / first["image"]), None, "animal, vehicle, food, plant"]
+                    ],
                     inputs=[zs_image, zs_audio, labels],
                     outputs=ranking,
                     fn=zero_shot,
