@@ -55,14 +55,18 @@ def main(argv: list[str] | None = None) -> dict:
     )
     from recipes.evaluation.retrieval import load_model_and_processor
     from recipes.export.onnx import OnnxEncoders
+    from recipes.utils.models import transcribes_audio
+
+    if args.queries < 3:
+        parser.error("--queries must be 3 or more (the first 2 are warm-up).")
 
     torch.set_num_threads(args.threads)
     model, processor = load_model_and_processor(args.model, device="cpu")
     model.eval()
-    encoders = OnnxEncoders(args.onnx or Path(args.model) / "onnx", threads=args.threads)
+    encoders = OnnxEncoders(args.onnx or Path(args.model) / "onnx", threads=args.threads, model=model)
     rows = load_retrieval_dataset(args.dataset)[args.split]
     rows = prepare_for_lazy_decoding(rows.select(range(min(args.queries, len(rows)))), RetrievalColumns())
-    transcribes = getattr(model.config, "speech_recognizer_config", None) is not None
+    transcribes = transcribes_audio(model)
 
     def bad(column, cause):
         return ValueError(f"{column}: {cause}")

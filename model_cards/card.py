@@ -102,20 +102,31 @@ def _looks_like_hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith(".")
 
 
-def tower_base_model(name_or_path: str | None) -> str | None:
-    """The Hub model a tower comes from: a Hub id as given, or the `base_model` its local folder's card names."""
+def tower_base_model(name_or_path: str | None, base: Path | None = None) -> str | None:
+    """The Hub model a tower comes from: a Hub id as given, or the `base_model` its local folder's card names (a
+    relative path is looked up from `base`, the run's working directory, else from here)."""
     if not name_or_path:
         return None
     path = Path(name_or_path)
+    if base is not None and not path.is_absolute():
+        path = base / path
     if path.is_dir():
         base = _yaml_header(path / "README.md").get("base_model")
         return base[0] if isinstance(base, list) and base else base
-    return name_or_path if _looks_like_hub_id(name_or_path) else None
+    # Not a folder: a Hub id (`name` or `owner/name`), unless it was a local path (relative, or with more parts).
+    local = (
+        Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    )
+    return name_or_path if _looks_like_hub_id(name_or_path) and not local else None
 
 
-def _dataset_facts(dataset_name: str, dataset_id: str | None) -> tuple[str, str, str | None]:
+def _dataset_facts(
+    dataset_name: str, dataset_id: str | None, base: Path | None = None
+) -> tuple[str, str, str | None]:
     """(id for the metadata, readable name, licence) of the training data."""
     path = Path(dataset_name)
+    if base is not None and not path.is_absolute():
+        path = base / path
     if path.is_dir():
         header = _yaml_header(path / "README.md")
         pretty = header.get("pretty_name") or path.name
@@ -385,12 +396,15 @@ def build_model_card(
     dataset_name = (
         (run_config.get("data") or {}).get("dataset_name") or evaluation.get("dataset") or "unknown"
     )
-    dataset_id_, dataset_pretty, dataset_license = _dataset_facts(dataset_name, dataset_id)
+    workdir = Path(run_config["working_directory"]) if run_config.get("working_directory") else None
+    dataset_id_, dataset_pretty, dataset_license = _dataset_facts(dataset_name, dataset_id, workdir)
 
     base_models = []
     for modality in MODALITIES:
         sub = config.get(f"{modality}_config") or {}
-        base = tower_base_model(config.get(f"{modality}_model_name_or_path") or sub.get("_name_or_path"))
+        base = tower_base_model(
+            config.get(f"{modality}_model_name_or_path") or sub.get("_name_or_path"), workdir
+        )
         if base and base not in base_models:
             base_models.append(base)
     tags = ["cross-modal-zoo", model_type.replace("_", "-"), "retrieval", "multimodal", "custom_code"]

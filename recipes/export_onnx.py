@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model, processor = load_model_and_processor(args.run_dir, device="cpu")
     inputs = sample_inputs(model, processor, args.dataset, args.split, args.num_items)
+    if args.output_dir is None and not Path(args.run_dir).is_dir():
+        parser.error(f"{args.run_dir} is not a local folder: give --output_dir for the ONNX files.")
     output_dir = Path(args.output_dir or Path(args.run_dir) / "onnx")
     report = export_encoders(model, processor, inputs, output_dir, tolerance=args.tolerance)
     print(json.dumps(report, indent=2))

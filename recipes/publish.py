@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--include_logs", action="store_true", help="also publish the logs and trainer state")
     parser.add_argument("--force", action="store_true", help="publish a folder that has no eval_results.json")
     parser.add_argument("--baselines", help="an ablation.json whose rows the card shows beside this model")
+    parser.add_argument(
+        "--dataset_id", help="the Hub id of the training data, for the card (default: its folder name)"
+    )
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 include_logs=args.include_logs,
                 force=args.force,
                 baselines=args.baselines,
+                dataset_id=args.dataset_id,
             )
             print(staged.describe())
             print(
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 include_logs=args.include_logs,
                 force=args.force,
                 baselines=args.baselines,
+                dataset_id=args.dataset_id,
             )
             print(f"Published: {url}")
     except PublishError as error:

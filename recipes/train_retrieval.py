@@ -56,6 +56,27 @@ from recipes.utils.models import transcribes_audio, unwrap_model  # noqa: E402
 logger = logging.getLogger(__name__)
 
 
+#: Command-line flags whose values never go into run_config.json (which is published with the model).
+SECRET_FLAGS = ("--hub_token",)
+
+
+def redact_secrets(arguments: list[str]) -> list[str]:
+    """The arguments with the values of `SECRET_FLAGS` replaced by `***` (`--flag value` and `--flag=value`)."""
+    redacted, hide_next = [], False
+    for argument in arguments:
+        if hide_next:
+            redacted.append("***")
+            hide_next = False
+        elif argument in SECRET_FLAGS:
+            redacted.append(argument)
+            hide_next = True
+        elif argument.split("=", 1)[0] in SECRET_FLAGS and "=" in argument:
+            redacted.append(argument.split("=", 1)[0] + "=***")
+        else:
+            redacted.append(argument)
+    return redacted
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_recipe_arguments(
         (ModelArguments, DataArguments, RetrievalTrainingArguments), argv
@@ -84,7 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     hub_model_id = training_args.hub_model_id or output_dir.resolve().name
     if push_to_hub:
-        check_can_publish(training_args.hub_token)
+        if not data_args.test_splits:
+            raise ValueError(
+                "--push_to_hub publishes the tested model: give --test_splits (the card reports them)."
+            )
+        check_can_publish(training_args.hub_token, verify=True)
 
     # Dataset
     columns = data_args.retrieval_columns()
@@ -149,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("Parameters:\n%s", parameter_table)
     trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     run_config = {
-        "command": ["recipes/train_retrieval.py", *(sys.argv[1:] if argv is None else argv)],
+        "command": ["recipes/train_retrieval.py", *redact_secrets(sys.argv[1:] if argv is None else argv)],
+        "working_directory": os.getcwd(),  # the command's relative paths (towers, dataset) start here
         "model": asdict(model_args),
         "data": asdict(data_args),
         "training": {
@@ -261,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
             first_test = data_args.test_splits[0] if data_args.test_splits else None
             write_run_plots(output_dir, final, processor, dataset, first_test, columns, cache_dir=cache_dir)
             phases["plots"] = time.perf_counter() - plotting
-        if (output_dir / "eval_results.json").exists():
+        if "test_evaluation" in phases:  # this run's figures, never an earlier run's left in output_dir
             from model_cards import write_model_card
 
             logger.info("Model card: %s", write_model_card(output_dir))

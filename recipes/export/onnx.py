@@ -92,8 +92,15 @@ def export_encoders(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    from recipes.utils.models import model_digest
+
     model = model.eval().float()
-    report: dict = {"tolerance": tolerance, "opset": OPSET, "encoders": {}}
+    report: dict = {
+        "model_digest": model_digest(model),
+        "tolerance": tolerance,
+        "opset": OPSET,
+        "encoders": {},
+    }
     for modality, inputs in sample_inputs.items():
         names = input_names(model, modality, inputs)
         tensors = tuple(inputs[name] for name in names)
@@ -155,9 +162,10 @@ def export_encoders(
 
 
 class OnnxEncoders:
-    """The exported encoders of a folder written by [`export_encoders`], run with onnxruntime."""
+    """The exported encoders of a folder written by [`export_encoders`], run with onnxruntime. Given the `model`
+    they must stand for, refuses an export of other weights (a retrained or different model)."""
 
-    def __init__(self, folder: str | os.PathLike, threads: int | None = None):
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None, model=None):
         import onnxruntime
 
         self.folder = Path(folder)
@@ -167,6 +175,15 @@ class OnnxEncoders:
                 f"{report_file} is missing: export the encoders with recipes/export_onnx.py."
             )
         self.report = json.loads(report_file.read_text())
+        if model is not None:
+            from recipes.utils.models import model_digest
+
+            if model_digest(model) != self.report.get("model_digest"):
+                raise ValueError(
+                    f"The ONNX encoders in {self.folder} were exported from other weights than this model's "
+                    f"(digest {self.report.get('model_digest')} vs {model_digest(model)}): export them again with "
+                    "recipes/export_onnx.py."
+                )
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -9,6 +9,7 @@ uploads the staged folder with `huggingface_hub`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,9 @@ PROCESSOR_FILES = (
 #: Folders a model loads from (the speech recogniser's tokenizers).
 MODEL_FOLDERS = ("transcription",)
 RESULT_FILES = ("eval_results.json", "run_config.json")
+#: Written beside a staging folder (`.<name>.staged`), so that a later dry run only ever empties a folder it made
+#: itself, while the folder holds exactly what would be uploaded.
+STAGING_MARKER = ".{}.staged"
 LOG_FILES = (
     "train.log",
     "train_log.jsonl",
@@ -102,24 +106,12 @@ def _check_model_folder(run_dir: Path) -> dict:
     return config
 
 
-def stage_run(
-    run_dir: str | os.PathLike,
-    repo_id: str,
-    staging_dir: str | os.PathLike,
-    *,
-    include_logs: bool = False,
-    force: bool = False,
-    baselines: str | os.PathLike | None = None,
-) -> StagedRun:
-    """Write the folder that `repo_id` would receive into `staging_dir` (emptied first) and describe it."""
-    from model_cards import build_model_card
-
-    run_dir = Path(run_dir).resolve()
-    staging = Path(staging_dir).resolve()
+def check_run_folder(run_dir: str | os.PathLike, force: bool = False) -> bool:
+    """Raise `PublishError` unless `run_dir` is a model folder that loads with remote code and (unless `force`) has
+    been evaluated; returns whether it has `eval_results.json`."""
+    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PublishError(f"{run_dir} is not a folder.")
-    if staging == run_dir or run_dir in staging.parents:
-        raise PublishError(f"The staging folder {staging} must be outside the run folder {run_dir}.")
     _check_model_folder(run_dir)
     evaluated = (run_dir / "eval_results.json").exists()
     if not evaluated and not force:
@@ -128,12 +120,51 @@ def stage_run(
             f"{run_dir} --dataset ... --output_dir {run_dir}) so that the card reports measured numbers, or pass "
             "--force to publish it without results."
         )
+    return evaluated
+
+
+def stage_run(
+    run_dir: str | os.PathLike,
+    repo_id: str,
+    staging_dir: str | os.PathLike,
+    *,
+    include_logs: bool = False,
+    force: bool = False,
+    baselines: str | os.PathLike | None = None,
+    dataset_id: str | None = None,
+) -> StagedRun:
+    """Write the folder that `repo_id` would receive into `staging_dir` and describe it. `staging_dir` must be new,
+    empty, or a folder an earlier call staged (it is emptied); it may neither hold nor sit inside the run folder."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from model_cards import build_model_card
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise PublishError(f"{repo_id!r} is not a Hub repository id (owner/name): {error}") from error
+    run_dir = Path(run_dir).resolve()
+    staging = Path(staging_dir).resolve()
+    if not run_dir.is_dir():
+        raise PublishError(f"{run_dir} is not a folder.")
+    if staging == run_dir or run_dir in staging.parents or staging in run_dir.parents:
+        raise PublishError(
+            f"The staging folder {staging} must be outside the run folder {run_dir} and must not contain it."
+        )
+    marker = staging.parent / STAGING_MARKER.format(staging.name)
+    if staging.exists() and any(staging.iterdir()) and not marker.exists():
+        raise PublishError(
+            f"The staging folder {staging} exists and was not written by a dry run: give a new or empty folder."
+        )
+    evaluated = check_run_folder(run_dir, force)
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    marker.write_text(f"{staging.name}/ was written by recipes/publish.py for {repo_id}.\n")
 
     wanted = set(MODEL_FILES) | set(PROCESSOR_FILES) | set(RESULT_FILES) | {"README.md"}
     wanted |= {p.name for p in run_dir.glob("*.py")} | {p.name for p in run_dir.glob("*.png")}
+    wanted |= {p.name for p in run_dir.glob("*.safetensors")}  # the weights, one file or shards
     if include_logs:
         wanted |= set(LOG_FILES)
     left_out = []
@@ -158,11 +189,13 @@ def stage_run(
             shutil.copy2(entry, staging / name)
         elif name.endswith((".bin", ".pt", ".pth", ".pkl")):
             left_out.append((name, "pickle-based file: only safetensors are published"))
+        elif name in LOG_FILES:
+            left_out.append((name, "a log (--include_logs to publish it)"))
         else:
-            left_out.append((name, "a log" + ("" if include_logs else " (--include_logs to publish it)")))
+            left_out.append((name, "not part of the model"))
     if evaluated:
         # The card is rebuilt from the staged files (the towers' and dataset's cards are read from the run's paths).
-        card = build_model_card(run_dir, repo_id, baselines=baselines)
+        card = build_model_card(run_dir, repo_id, baselines=baselines, dataset_id=dataset_id)
         card.save(staging / "README.md")
     elif (run_dir / "README.md").exists():
         shutil.copy2(run_dir / "README.md", staging / "README.md")
@@ -172,10 +205,11 @@ def stage_run(
     return StagedRun(staging, files, left_out)
 
 
-def check_can_publish(token: str | None = None) -> str:
+def check_can_publish(token: str | None = None, verify: bool = False) -> str:
     """The token to publish with; raises `PublishError` (before any work is done) when there is none or the Hub is
-    switched off."""
-    from huggingface_hub import constants, get_token
+    switched off. With `verify`, also asks the Hub who the token belongs to (a wrong or expired token, or an
+    unreachable Hub, fails here)."""
+    from huggingface_hub import HfApi, constants, get_token
 
     if constants.HF_HUB_OFFLINE:
         raise PublishError(
@@ -188,6 +222,9 @@ def check_can_publish(token: str | None = None) -> str:
             "No Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write access "
             "(https://huggingface.co/settings/tokens), or use --dry-run to write the folder that would be uploaded."
         )
+    if verify:
+        with _hub_errors("your account"):
+            HfApi(token=token).whoami()
     return token
 
 
@@ -204,6 +241,29 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors) or (ConnectionError,)
 
 
+@contextlib.contextmanager
+def _hub_errors(repo_id: str):
+    """Turn the Hub client's errors into a `PublishError` that says what to do."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        yield
+    except (*_network_errors(), OfflineModeIsEnabled) as error:
+        raise PublishError(
+            f"Cannot reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {error}). Check the network "
+            "or HF_ENDPOINT, or use --dry-run to write the folder that would be uploaded."
+        ) from error
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            raise PublishError(
+                f"The Hub refused the token for {repo_id} (HTTP {status}): it needs write access to that "
+                "namespace (https://huggingface.co/settings/tokens)."
+            ) from error
+        raise PublishError(f"The Hub refused the upload to {repo_id}: {error}") from error
+
+
 def publish_run(
     run_dir: str | os.PathLike,
     repo_id: str,
@@ -213,43 +273,29 @@ def publish_run(
     include_logs: bool = False,
     force: bool = False,
     baselines: str | os.PathLike | None = None,
+    dataset_id: str | None = None,
     commit_message: str | None = None,
 ) -> str:
     """Create `repo_id` (if needed) and upload the staged run folder to it; returns the commit URL."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub import HfApi
 
     token = check_can_publish(token)
+    check_run_folder(run_dir, force)  # before the repository is created
+    api = HfApi(token=token)
+    with _hub_errors(repo_id):
+        # The repository first: its full id (with the namespace the Hub fills in) is what the card's snippet loads.
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory(prefix="publish-") as staging:
         staged = stage_run(
-            run_dir,
-            repo_id,
-            Path(staging) / "repo",
-            include_logs=include_logs,
-            force=force,
-            baselines=baselines,
-        )
+            run_dir, url.repo_id, Path(staging) / "repo", include_logs=include_logs, force=force,
+            baselines=baselines, dataset_id=dataset_id,
+        )  # fmt: skip
         logger.info("Uploading %s", staged.describe())
-        api = HfApi(token=token)
-        try:
-            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with _hub_errors(url.repo_id):
             info = api.upload_folder(
-                repo_id=repo_id,
+                repo_id=url.repo_id,
                 folder_path=staged.folder,
                 commit_message=commit_message or f"Upload {Path(run_dir).name} with cross-modal-zoo",
             )
-        except (*_network_errors(), OfflineModeIsEnabled) as error:
-            raise PublishError(
-                f"Cannot reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {error}). Check the network "
-                "or HF_ENDPOINT, or use --dry-run to write the folder that would be uploaded."
-            ) from error
-        except HfHubHTTPError as error:
-            status = getattr(error.response, "status_code", None)
-            if status in (401, 403):
-                raise PublishError(
-                    f"The Hub refused the token for {repo_id} (HTTP {status}): it needs write access to that "
-                    "namespace (https://huggingface.co/settings/tokens)."
-                ) from error
-            raise PublishError(f"The Hub refused the upload to {repo_id}: {error}") from error
     logger.info("Published %s: %s", url, info.commit_url)
     return info.commit_url

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from recipes.utils.models import model_digest
+
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
@@ -29,15 +31,6 @@ class Hit:
     text: str | None
     image: str | None  # a PNG file
     audio: str | None  # a WAV file
-
-
-def model_digest(model) -> str:
-    """A digest of the model's weights (and class): the index is rebuilt when the model changes."""
-    digest = hashlib.sha256(type(model).__name__.encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class RetrievalIndex:

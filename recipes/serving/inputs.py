@@ -88,8 +88,17 @@ def load_audio(path: str | os.PathLike, max_seconds: float) -> tuple[np.ndarray,
         else:
             from torchcodec.decoders import AudioDecoder
 
-            samples = AudioDecoder(str(path)).get_all_samples()
+            decoder = AudioDecoder(str(path))
+            # A compressed file can hold hours in a few MB: stop at the limit instead of decoding it all.
+            samples = decoder.get_samples_played_in_range(0.0, max_seconds + 1.0)
             wave, rate = samples.data.mean(dim=0).numpy().astype(np.float32), samples.sample_rate
+            header = decoder.metadata.duration_seconds_from_header
+            if header is not None and header > max_seconds:
+                raise QueryError(
+                    f"The audio {_name(path)!r} is {header:.1f} s long; the limit is {max_seconds:g} s: trim it."
+                )
+    except QueryError:
+        raise
     except Exception as error:
         logger.info("Undecodable audio %s: %s: %s", path, type(error).__name__, error)
         raise QueryError(

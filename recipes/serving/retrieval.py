@@ -75,16 +75,25 @@ class RetrievalService:
         if onnx_dir:
             from recipes.export.onnx import OnnxEncoders
 
-            self.onnx = OnnxEncoders(onnx_dir)
+            self.onnx = OnnxEncoders(onnx_dir, model=self.model)  # refuses an export of other weights
         self._lock = threading.Lock()
         self.ready_seconds = time.perf_counter() - started
         logger.info("Ready in %.0f s: %d rows indexed", self.ready_seconds, len(self.index))
 
     @property
+    def modalities(self) -> list[str]:
+        """The modalities the model embeds (a query may use any subset of them)."""
+        return [
+            m
+            for m in ("text", "audio", "image")
+            if getattr(self.model.config, f"{m}_config", None) is not None
+        ]
+
+    @property
     def transcribes(self) -> bool:
-        return getattr(self.model.config, "speech_recognizer_config", None) is not None and getattr(
-            self.model.config, "transcribe_audio", True
-        )
+        from recipes.utils.models import transcribes_audio
+
+        return transcribes_audio(self.model)
 
     # -------------------------------------------------------------------------------------------------- search
     def search(
@@ -104,6 +113,12 @@ class RetrievalService:
             )
         if not 1 <= int(k) <= 50:
             raise QueryError(f"Ask for 1 to 50 results, not {k}.")
+        given = [m for m, v in (("text", text), ("audio", audio_path), ("image", image_path)) if v]
+        missing = [m for m in given if m not in self.modalities]
+        if missing:
+            raise QueryError(
+                f"This model does not embed {' or '.join(missing)}; it takes {', '.join(self.modalities)}."
+            )
         wave = load_audio(audio_path, self.max_audio_seconds) if audio_path else None
         image = load_image(image_path) if image_path else None
         parts = tuple(m for m, v in (("text", text), ("audio", wave), ("image", image)) if v is not None)
@@ -146,6 +161,8 @@ class RetrievalService:
         if bool(image_path) == bool(audio_path):
             raise QueryError("Give either an image or a sound to classify (one of them).")
         modality = "image" if image_path else "audio"
+        if modality not in self.modalities:
+            raise QueryError(f"This model does not embed {modality}; it takes {', '.join(self.modalities)}.")
         item = load_image(image_path) if image_path else load_audio(audio_path, self.max_audio_seconds)
         with self._lock:
             if self.zero_shot_model:

@@ -17,9 +17,9 @@ logger = logging.getLogger(__name__)
 NUM_AUDIO_RESULTS = 3
 DESCRIPTION = """# Cross-modal search: text, speech and images
 
-Query with **any mix** of typed text, your voice (or any sound) and an image: the model embeds them together as one
-query and ranks the indexed {count} items of `{split}` by cosine similarity. Audio is transcribed inside the model.
-Model: `{model}`."""
+Query with **any mix** of {inputs}: the model embeds them together as one query and ranks the indexed {count}
+items of `{split}` by cosine similarity.{transcribes} Model: `{model}`."""
+INPUT_NAMES = {"text": "typed text", "audio": "your voice (or any sound)", "image": "an image"}
 
 
 def _user_error(error: Exception):
@@ -77,14 +77,24 @@ def build_retrieval_demo(service: RetrievalService, title: str = "Cross-modal se
 
     split = service.index.folder.name.rsplit("-", 1)[0]
     with gr.Blocks(title=title) as demo:
+        inputs = [INPUT_NAMES[m] for m in service.modalities]
         gr.Markdown(
-            DESCRIPTION.format(count=len(service.index), split=split, model=service.model_name_or_path)
+            DESCRIPTION.format(
+                inputs=", ".join(inputs[:-1]) + " and " + inputs[-1] if len(inputs) > 1 else inputs[0],
+                count=len(service.index),
+                split=split,
+                transcribes=" Audio is transcribed inside the model." if service.transcribes else "",
+                model=service.model_name_or_path,
+            )
         )
         with gr.Tab("Search"):
             with gr.Row():
                 with gr.Column():
                     text = gr.Textbox(
-                        label="Text", placeholder="e.g. a red fire engine", elem_id="query-text"
+                        label="Text",
+                        placeholder="e.g. a red fire engine",
+                        elem_id="query-text",
+                        visible="text" in service.modalities,
                     )
                     audio = gr.Audio(
                         label="Audio (record or upload)",
@@ -92,9 +102,14 @@ def build_retrieval_demo(service: RetrievalService, title: str = "Cross-modal se
                         type="filepath",
                         format=None,  # the file as uploaded: the service decodes and checks it
                         elem_id="query-audio",
+                        visible="audio" in service.modalities,
                     )
                     image = UploadedImage(
-                        label="Image", sources=["upload", "clipboard"], type="filepath", elem_id="query-image"
+                        label="Image",
+                        sources=["upload", "clipboard"],
+                        type="filepath",
+                        elem_id="query-image",
+                        visible="image" in service.modalities,
                     )
                     k = gr.Slider(1, 20, value=6, step=1, label="Results")
                     with gr.Row():

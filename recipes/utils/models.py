@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import torch
 from transformers import PreTrainedModel
 
 MODALITIES = ("text", "audio", "image")
@@ -22,3 +25,13 @@ def unwrap_model(model) -> PreTrainedModel:
 def transcribes_audio(model) -> bool:
     """Whether `model` (possibly wrapped) reads what a frozen recogniser hears next to its audio."""
     return bool(getattr(unwrap_model(model).config, "transcribes_audio", False))
+
+
+def model_digest(model) -> str:
+    """A digest of a model's class and weights (names and bytes of its state dict): what is computed from a model
+    and kept (an index, an ONNX export) is tied to it."""
+    digest = hashlib.sha256(type(unwrap_model(model)).__name__.encode())
+    for name, tensor in sorted(unwrap_model(model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         server_port=args.port,
         show_error=True,
         allowed_paths=[str(service.index.folder)],
+        max_file_size="100mb",  # the uploads' limit (recipes/serving/inputs.py checks it too)
     )
 
 

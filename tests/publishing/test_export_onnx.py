@@ -68,3 +68,16 @@ def test_the_onnx_encoders_embed_new_inputs_of_other_shapes_like_pytorch_and_not
             parameter.add_(0.01 * torch.randn_like(parameter))
         changed = model.encode([("image",)], **inputs)[("image",)].numpy()
     assert np.abs(encoders.encode("image", inputs) - changed).max() > 1e-4
+
+
+def test_the_space_refuses_onnx_encoders_exported_from_other_weights(tiny_run, exported):
+    from recipes.evaluation.retrieval import load_model_and_processor
+    from recipes.export.onnx import OnnxEncoders
+
+    output_dir, _ = exported
+    model, _ = load_model_and_processor(str(tiny_run["run"]), device="cpu")
+    assert OnnxEncoders(output_dir, model=model).has("text")
+    with torch.no_grad():
+        model.text_projection.bias.add_(1e-3)
+    with pytest.raises(ValueError, match="exported from other weights"):
+        OnnxEncoders(output_dir, model=model)

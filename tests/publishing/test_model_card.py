@@ -104,6 +104,9 @@ def test_base_models_come_from_hub_ids_and_from_the_towers_own_cards(tmp_path):
         "---\nlicense: mit\nbase_model: openai/whisper-tiny.en\n---\n# A tower\n"
     )
     assert tower_base_model(str(tower)) == "openai/whisper-tiny.en"
+    assert (
+        tower_base_model("tower", base=tmp_path) == "openai/whisper-tiny.en"
+    )  # relative to the run's directory
     assert tower_base_model("roberta-base") == "roberta-base"
     assert (
         tower_base_model("MIT/ast-finetuned-audioset-10-10-0.4593")
@@ -112,6 +115,7 @@ def test_base_models_come_from_hub_ids_and_from_the_towers_own_cards(tmp_path):
     (tmp_path / "bare").mkdir()
     assert tower_base_model(str(tmp_path / "bare")) is None  # a folder without a card names nothing
     assert tower_base_model("/no/such/folder/anywhere") is None
+    assert tower_base_model("outputs/towers/no-such-tower") is None  # a local path, not an owner/name id
 
 
 def test_write_model_card_round_trips(tiny_run, tmp_path):

@@ -1,11 +1,11 @@
 """recipes/publish.py: the dry run writes exactly what the Hub would get, and that folder stands on its own."""
 
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -168,4 +168,85 @@ def test_the_training_recipe_checks_the_token_before_it_trains(tiny_run, tmp_pat
     )
     assert result.returncode != 0 and "HF_HUB_OFFLINE is set" in result.stderr
     assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / "model.safetensors").exists()
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_the_hub_token_never_reaches_the_recorded_command():
+    from recipes.train_retrieval import redact_secrets
+
+    assert redact_secrets(["a.yaml", "--hub_token", "hf_secret", "--hub_token=hf_other", "--seed", "1"]) == [
+        "a.yaml", "--hub_token", "***", "--hub_token=***", "--seed", "1"
+    ]  # fmt: skip
+
+
+def test_a_dry_run_never_empties_a_folder_it_did_not_write(tiny_run, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    result = publish(tiny_run["run"], "someone/x", "--dry-run", "--staging_dir", precious)
+    assert result.returncode == 2 and "was not written by a dry run" in result.stderr
+    assert (precious / "thesis.tex").exists()
+    # A folder holding the run is refused too, and so is a repository id that is not one.
+    result = publish(tiny_run["run"], "someone/x", "--dry-run", "--staging_dir", tiny_run["run"].parent)
+    assert result.returncode == 2 and "must not contain it" in result.stderr
+    result = publish(tiny_run["run"], "..", "--dry-run")
+    assert result.returncode == 2 and "is not a Hub repository id" in result.stderr
+    # A folder an earlier dry run wrote is replaced.
+    for _ in range(2):
+        result = publish(tiny_run["run"], "someone/x", "--dry-run", "--staging_dir", tmp_path / "staged")
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
+class StandInHub:
+    """Records what `publish_run` asks of the Hub (none can be reached here): the real `HfApi` methods are replaced
+    for one test, everything else (staging, the card, the error handling) runs as it does against the Hub."""
+
+    def __init__(self, refuse_with: int | None = None):
+        self.calls, self.refuse_with, self.uploaded = [], refuse_with, None
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None, **kwargs):
+        from huggingface_hub import RepoUrl
+
+        self.calls.append(("create_repo", repo_id, private))
+        return RepoUrl(f"https://huggingface.co/{'someone/' if '/' not in repo_id else ''}{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, commit_message=None, ignore_patterns=None, **kwargs):
+        from types import SimpleNamespace
+
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if self.refuse_with:
+            response = httpx2.Response(
+                self.refuse_with, request=httpx2.Request("POST", "https://huggingface.co")
+            )
+            raise HfHubHTTPError("refused", response=response)
+        self.calls.append(("upload_folder", repo_id))
+        self.uploaded = {
+            str(p.relative_to(folder_path)): p.read_bytes()
+            for p in Path(folder_path).rglob("*")
+            if p.is_file()
+        }
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
+
+
+@pytest.mark.parametrize("refuse_with", [None, 403])
+def test_publishing_creates_the_repository_then_uploads_the_staged_folder(tiny_run, monkeypatch, refuse_with):
+    from huggingface_hub import HfApi, constants
+
+    from recipes.hub import PublishError, publish_run
+
+    hub = StandInHub(refuse_with)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **k: hub.create_repo(*a, **k))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, *a, **k: hub.upload_folder(*a, **k))
+    if refuse_with:
+        with pytest.raises(PublishError, match="HTTP 403.*write access"):
+            publish_run(tiny_run["run"], "tiny-cman", token="hf_test")
+        return
+    url = publish_run(tiny_run["run"], "tiny-cman", token="hf_test", private=True)
+    assert url == "https://huggingface.co/someone/tiny-cman/commit/abc"
+    assert hub.calls[0] == ("create_repo", "tiny-cman", True)
+    assert hub.calls[1][:2] == ("upload_folder", "someone/tiny-cman")  # the namespaced id the Hub returned
+    card = hub.uploaded["README.md"].decode()
+    assert 'model_id = "someone/tiny-cman"' in card  # the snippet loads what was created
+    assert "model.safetensors" in hub.uploaded and not any(n.startswith("checkpoint-") for n in hub.uploaded)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -190,11 +191,24 @@ def service(retrieval_space, tiny_run, tmp_path_factory):
     )
 
 
-def test_the_index_is_kept_on_disk_and_read_back(service, index_files):
+def test_the_index_is_kept_on_disk_and_read_back(
+    service, index_files, retrieval_space, tiny_run, monkeypatch
+):
+    from recipes.serving import RetrievalIndex, RetrievalService
+
     folder, items = index_files
-    before = folder.stat().st_mtime_ns
-    assert service.index.folder == folder and folder.stat().st_mtime_ns == before  # read, not rebuilt
-    assert len(service.index) == len(items) == 8
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the index was rebuilt instead of read from the cache")
+
+    monkeypatch.setattr(RetrievalIndex, "_build", no_rebuild)
+    again = RetrievalService(tiny_run["run"], tiny_run["dataset"], "test", retrieval_space["cache"])
+    assert again.index.folder == service.index.folder == folder and len(again.index) == len(items) == 8
+    for modality in ("text", "audio", "image"):
+        assert torch.equal(again.index.embeddings[modality], service.index.embeddings[modality])
+    # Another split (or model, or dataset) is another index: built, not mistaken for this one.
+    with pytest.raises(AssertionError, match="rebuilt"):
+        RetrievalService(tiny_run["run"], tiny_run["dataset"], "validation", retrieval_space["cache"])
 
 
 def test_zero_shot_with_a_late_fusion_model_is_the_stock_pipeline_even_for_44khz_audio(

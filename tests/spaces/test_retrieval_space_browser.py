@@ -41,8 +41,13 @@ def test_a_person_searches_with_text_an_image_and_a_wav_and_sees_ranked_results(
     images.first.wait_for(timeout=30_000)
     assert images.count() >= 1
     assert "Heard in the audio" in status.inner_text()
-    texts = page.locator("#result-texts").inner_text()
-    assert "description" in texts and "1" in texts
+    assert page.locator("#result-images").get_by_text("#1 · ").count() == 1  # ranked, with scores
+    lines = page.locator("#result-texts").inner_text().split("description", 1)[1].split("\n")
+    cells = [line.strip() for line in lines if line.strip()]
+    rows = [cells[i : i + 3] for i in range(0, len(cells), 3)]  # rank, score, description
+    assert [int(rank) for rank, _, _ in rows] == [1, 2, 3, 4, 5, 6]
+    scores = [float(score) for _, score, _ in rows]
+    assert scores == sorted(scores, reverse=True) and all(description for _, _, description in rows)
     page.screenshot(path=str(Path(artifacts_dir) / "retrieval_space.png"), full_page=True)
 
 
