@@ -52,6 +52,7 @@ from recipes.training.trainer import (  # noqa: E402  # noqa: E402
 from recipes.utils.arguments import parse_recipe_arguments  # noqa: E402
 from recipes.utils.hardware import choose_precision  # noqa: E402
 from recipes.utils.models import transcribes_audio, unwrap_model  # noqa: E402
+from recipes.utils.run_lock import RunLock  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if training_args.process_index != 0:  # the main process holds the folder for all of them
+        return _train(model_args, data_args, training_args, argv)
+    # One run per output folder: a second run (or a `make demo` beside a run whose launcher was killed) is refused
+    # instead of training beside it into the same checkpoints and logs.
+    command = ["recipes/train_retrieval.py", *redact_secrets(sys.argv[1:] if argv is None else argv)]
+    with RunLock(output_dir, command):
+        return _train(model_args, data_args, training_args, argv)
+
+
+def _train(model_args, data_args, training_args, argv: list[str] | None) -> dict:
+    output_dir = Path(training_args.output_dir)
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(
         format=log_format, level=logging.INFO if training_args.should_log else logging.WARNING

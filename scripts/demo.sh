@@ -14,6 +14,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 HF_HUB_DISAB
 PY=.venv/bin/python
 CONFIG=${CONFIG:-recipes/configs/cman_stamps.yaml}
 OUT=${OUT:-outputs/demo}
+# A run still training into $OUT (say, after its launcher was killed) holds it: stop here rather than delete or
+# train beside it.
+[[ -d $OUT ]] && { $PY -m recipes.utils.run_lock "$OUT" || exit 1; }
 [[ ${FRESH:-0} == 1 ]] && rm -rf "$OUT"
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/demo.log") 2>&1
