@@ -100,11 +100,12 @@ def test_a_second_run_on_the_folder_of_a_run_whose_launcher_was_killed_is_refuse
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert demo.returncode != 0 and f"pid {trainer_pid}" in demo.stderr and output_dir.exists()
-    finally:
-        if trainer_pid:
-            os.kill(trainer_pid, signal.SIGKILL)
-        if launcher.poll() is None:
-            launcher.kill()
+    finally:  # the launcher's process group holds the trainer too, whatever happened above
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        launcher.wait()
     time.sleep(0.5)
     third = subprocess.run(
         [sys.executable, *recipe(assets, output_dir, "--num_train_epochs", "1")],
