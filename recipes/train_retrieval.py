@@ -318,6 +318,11 @@ def _train(model_args, data_args, training_args, argv: list[str] | None) -> dict
         logger.info(
             "Run finished in %.0f s; model and results in %s", time.perf_counter() - started, output_dir
         )
+    # The other ranks wait for the main one's evaluation, then all leave the process group together: a rank that
+    # exits while another still runs tears the group down under it (seen: SIGABRT, "terminate called without an
+    # active exception", failing the whole launch).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return results
 
 
