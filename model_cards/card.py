@@ -23,6 +23,8 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, EvalResult, ModelCard, ModelCardData
 
+from recipes.evaluation.retrieval import format_results
+
 TEMPLATE = Path(__file__).with_name("template.md")
 MODALITIES = ("text", "audio", "image")
 #: Figures of each direction that go into the model-index, with their display names.
@@ -166,23 +168,6 @@ def eval_results_of(results: dict, dataset_id: str, dataset_name: str) -> list[E
                     )
                 )
     return entries
-
-
-def results_table(results: dict) -> str:
-    lines = [
-        "| split | query → gallery | R@1 | R@5 | R@10 | median rank | queries |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for split, split_results in results.items():
-        rows = {**split_results.get("directions", {}), **split_results.get("composed", {})}
-        for direction, m in rows.items():
-            c = m["chance"]
-            lines.append(
-                f"| {split} | {_direction_title(direction)[2]} | {m['R@1']:.3f} ({c['R@1']:.3f}) | "
-                f"{m['R@5']:.3f} ({c['R@5']:.3f}) | {m['R@10']:.3f} ({c['R@10']:.3f}) | "
-                f"{m['median_rank']:g} ({c['median_rank']:g}) | {m['num_queries']} |"
-            )
-    return "\n".join(lines)
 
 
 def baseline_table(ablation: dict, results: dict, split: str = "test") -> str | None:
@@ -462,7 +447,8 @@ def build_model_card(
             "on held-out splits; in brackets the same figure for a random ranking. Captions that normalise to the "
             "same string count as one item."
         ),
-        results_table=results_table(results),
+        # The evaluation's own table (its note on the brackets is the intro above).
+        results_table=format_results(results).split("\n\nIn brackets")[0],
         baseline_table=baseline_table(ablation, results) if ablation else None,
         plots=plots,
     )

@@ -43,33 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    options = dict(
+        include_logs=args.include_logs, force=args.force, baselines=args.baselines, dataset_id=args.dataset_id
+    )
     try:
         if args.dry_run:
             staging = args.staging_dir or Path("outputs/publish") / args.repo_id.replace("/", "__")
-            staged = stage_run(
-                args.run_dir,
-                args.repo_id,
-                staging,
-                include_logs=args.include_logs,
-                force=args.force,
-                baselines=args.baselines,
-                dataset_id=args.dataset_id,
-            )
+            staged = stage_run(args.run_dir, args.repo_id, staging, **options)
             print(staged.describe())
             print(
                 f"\nDry run: nothing was uploaded. `hf upload {args.repo_id} {staged.folder}` uploads this folder."
             )
         else:
-            url = publish_run(
-                args.run_dir,
-                args.repo_id,
-                token=args.token,
-                private=args.private,
-                include_logs=args.include_logs,
-                force=args.force,
-                baselines=args.baselines,
-                dataset_id=args.dataset_id,
-            )
+            url = publish_run(args.run_dir, args.repo_id, token=args.token, private=args.private, **options)
             print(f"Published: {url}")
     except PublishError as error:
         print(f"error: {error}", file=sys.stderr)

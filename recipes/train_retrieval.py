@@ -84,16 +84,16 @@ def main(argv: list[str] | None = None) -> dict:
     )
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    command = ["recipes/train_retrieval.py", *redact_secrets(sys.argv[1:] if argv is None else argv)]
     if training_args.process_index != 0:  # the main process holds the folder for all of them
-        return _train(model_args, data_args, training_args, argv)
+        return _train(model_args, data_args, training_args, command)
     # One run per output folder: a second run (or a `make demo` beside a run whose launcher was killed) is refused
     # instead of training beside it into the same checkpoints and logs.
-    command = ["recipes/train_retrieval.py", *redact_secrets(sys.argv[1:] if argv is None else argv)]
     with RunLock(output_dir, command):
-        return _train(model_args, data_args, training_args, argv)
+        return _train(model_args, data_args, training_args, command)
 
 
-def _train(model_args, data_args, training_args, argv: list[str] | None) -> dict:
+def _train(model_args, data_args, training_args, command: list[str]) -> dict:
     output_dir = Path(training_args.output_dir)
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(
@@ -186,7 +186,7 @@ def _train(model_args, data_args, training_args, argv: list[str] | None) -> dict
     logger.info("Parameters:\n%s", parameter_table)
     trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     run_config = {
-        "command": ["recipes/train_retrieval.py", *redact_secrets(sys.argv[1:] if argv is None else argv)],
+        "command": command,
         "working_directory": os.getcwd(),  # the command's relative paths (towers, dataset) start here
         "model": asdict(model_args),
         "data": asdict(data_args),

@@ -19,6 +19,20 @@ TINY_CONFIG = REPO / "recipes" / "configs" / "cman_tiny_test.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
+def recipe_args(assets: dict, output_dir: Path, *extra: str) -> list[str]:
+    """The tiny config's arguments for the towers, dataset and output folder in `assets`, then `extra` (a flag given
+    twice takes its last value)."""
+    return [
+        str(TINY_CONFIG),
+        "--text_tower", str(assets["text"]),
+        "--audio_tower", str(assets["audio"]),
+        "--image_tower", str(assets["image"]),
+        "--dataset_name", str(assets["dataset"]),
+        "--output_dir", str(output_dir),
+        *extra,
+    ]  # fmt: skip
+
+
 def train_tiny_run(root: Path) -> dict[str, Path]:
     """`{"run": the output_dir, "dataset": its dataset, ...towers}` after one epoch of the recipe."""
     root = Path(root)
@@ -28,12 +42,9 @@ def train_tiny_run(root: Path) -> dict[str, Path]:
     model_config = yaml.safe_load(TINY_CONFIG.read_text())["model_config"]
     model_config.update(transcribe_audio=True, speech_recognizer_config={"max_new_tokens": 6})
     run_dir = root / "run"
-    command = [
-        sys.executable, "recipes/train_retrieval.py", str(TINY_CONFIG),
-        "--text_tower", str(towers["text"]), "--audio_tower", str(whisper), "--image_tower", str(towers["image"]),
-        "--dataset_name", str(dataset), "--output_dir", str(run_dir), "--model_config", json.dumps(model_config),
-        "--num_train_epochs", "1",
-    ]  # fmt: skip
+    assets = {**towers, "audio": whisper, "dataset": dataset}
+    command = [sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, run_dir, "--model_config",
+               json.dumps(model_config), "--num_train_epochs", "1")]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise RuntimeError(f"The tiny run failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")

@@ -107,11 +107,12 @@ def export_encoders(
         path = output_dir / f"{modality}.onnx"
         entry: dict = {"inputs": names, "file": path.name}
         started = time.perf_counter()
+        encoder = _Encoder(model, modality, names).eval()
         with torch.no_grad():
-            expected = _Encoder(model, modality, names).eval()(*tensors).float().numpy()
+            expected = encoder(*tensors).float().numpy()
         try:
             torch.onnx.export(
-                _Encoder(model, modality, names).eval(),
+                encoder,
                 tensors,
                 str(path),
                 input_names=names,
@@ -135,7 +136,7 @@ def export_encoders(
         # The graph is dynamic in batch and length: check a single query trimmed of its padding too.
         single = _single_item(names, tensors)
         with torch.no_grad():
-            expected_single = _Encoder(model, modality, names).eval()(*single).float().numpy()
+            expected_single = encoder(*single).float().numpy()
         actual_single = session.run(
             ["pooled_embedding"], {n: t.numpy() for n, t in zip(names, single, strict=True)}
         )

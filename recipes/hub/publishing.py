@@ -145,8 +145,6 @@ def stage_run(
         raise PublishError(f"{repo_id!r} is not a Hub repository id (owner/name): {error}") from error
     run_dir = Path(run_dir).resolve()
     staging = Path(staging_dir).resolve()
-    if not run_dir.is_dir():
-        raise PublishError(f"{run_dir} is not a folder.")
     if staging == run_dir or run_dir in staging.parents or staging in run_dir.parents:
         raise PublishError(
             f"The staging folder {staging} must be outside the run folder {run_dir} and must not contain it."

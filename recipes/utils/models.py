@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-import torch
 from transformers import PreTrainedModel
 
 MODALITIES = ("text", "audio", "image")
@@ -30,8 +29,8 @@ def transcribes_audio(model) -> bool:
 def model_digest(model) -> str:
     """A digest of a model's class and weights (names and bytes of its state dict): what is computed from a model
     and kept (an index, an ONNX export) is tied to it."""
+    from modeling.common.towers import update_with_weights
+
     digest = hashlib.sha256(type(unwrap_model(model)).__name__.encode())
-    for name, tensor in sorted(unwrap_model(model).state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    update_with_weights(digest, [unwrap_model(model)])
     return digest.hexdigest()[:16]

@@ -31,6 +31,13 @@ class RunLockedError(RuntimeError):
     """The output folder is held by another live run."""
 
 
+def _locked_error(output_dir: Path, holder: dict) -> RunLockedError:
+    return RunLockedError(
+        f"{output_dir} is in use by another run ({_describe(holder)}). Wait for it to finish, stop it "
+        f"(kill {holder.get('pid', '<pid>')}), or give this run another output_dir."
+    )
+
+
 def _describe(holder: dict) -> str:
     started = holder.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "?"
@@ -61,11 +68,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            holder = self.holder()
-            raise RunLockedError(
-                f"{self.output_dir} is in use by another run ({_describe(holder)}). Wait for it to finish, stop it "
-                f"(kill {holder.get('pid', '<pid>')}), or give this run another output_dir."
-            ) from None
+            raise _locked_error(self.output_dir, self.holder()) from None
         previous = self.holder()
         if previous.get("pid") and previous.get("pid") != os.getpid():
             logger.warning(
@@ -110,11 +113,7 @@ def check_free(output_dir: str | os.PathLike) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
     except BlockingIOError:
-        holder = lock.holder()
-        raise RunLockedError(
-            f"{output_dir} is in use by another run ({_describe(holder)}). Wait for it to finish or stop it "
-            f"(kill {holder.get('pid', '<pid>')})."
-        ) from None
+        raise _locked_error(Path(output_dir), lock.holder()) from None
     finally:
         os.close(fd)
 

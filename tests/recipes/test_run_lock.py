@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from recipes.utils.run_lock import LOCK_FILE, RunLock, RunLockedError, check_free
-from tests.runs import ENV, REPO, TINY_CONFIG
+from tests.runs import ENV, REPO, recipe_args
 from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset
 
 HOLD = "import sys, time; from recipes.utils.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"  # noqa: E501
@@ -61,12 +61,7 @@ def assets(tmp_path_factory):
 
 
 def recipe(assets, output_dir: Path, *extra: str) -> list[str]:
-    return [
-        "recipes/train_retrieval.py", str(TINY_CONFIG),
-        "--text_tower", str(assets["text"]), "--audio_tower", str(assets["audio"]),
-        "--image_tower", str(assets["image"]), "--dataset_name", str(assets["dataset"]),
-        "--output_dir", str(output_dir), *extra,
-    ]  # fmt: skip
+    return ["recipes/train_retrieval.py", *recipe_args(assets, output_dir, *extra)]
 
 
 def test_a_second_run_on_the_folder_of_a_run_whose_launcher_was_killed_is_refused(assets, tmp_path):

@@ -1,7 +1,6 @@
 """End-to-end tests of the retrieval recipes on a tiny CMAN and a dataset generated in the test."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,11 +13,8 @@ from safetensors.torch import load_file
 from recipes.training.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
 from recipes.training.trainer import last_complete_checkpoint
 from recipes.utils.arguments import parse_recipe_arguments
+from tests.runs import ENV, REPO, TINY_CONFIG, recipe_args
 from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset, save_tiny_whisper
-
-REPO = Path(__file__).resolve().parents[2]
-TINY_CONFIG = REPO / "recipes" / "configs" / "cman_tiny_test.yaml"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +26,6 @@ def assets(tmp_path_factory) -> dict[str, Path]:
         "whisper": save_tiny_whisper(root / "towers" / "whisper"),
         "dataset": save_tiny_retrieval_dataset(root / "dataset"),
     }
-
-
-def recipe_args(assets, output_dir: Path, *extra: str) -> list[str]:
-    return [
-        str(TINY_CONFIG),
-        "--text_tower", str(assets["text"]),
-        "--audio_tower", str(assets["audio"]),
-        "--image_tower", str(assets["image"]),
-        "--dataset_name", str(assets["dataset"]),
-        "--output_dir", str(output_dir),
-        *extra,
-    ]  # fmt: skip
 
 
 def run(command: list[str], cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
