@@ -30,6 +30,15 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [[ ! -f $stamp ]]; then
+  # A full install takes ~7 GB (torch's CUDA build with its nvidia libraries, transformers, gradio, piper...); pip
+  # otherwise dies half-way with "[Errno 28] No space left on device".
+  need_gb=${SETUP_MIN_FREE_GB:-8}
+  free_gb=$(df -P -BG .venv | awk 'NR==2 {gsub("G", "", $4); print $4}')
+  if ((free_gb < need_gb)); then
+    echo "[setup] only ${free_gb} GB free on the disk of $(pwd)/.venv; the install needs about ${need_gb} GB." >&2
+    echo "[setup] free some space (old clones' .venv folders, outputs/) or set SETUP_MIN_FREE_GB to try anyway." >&2
+    exit 1
+  fi
   echo "[setup] pip install -e '.[test,spaces,export]' (torch, transformers, ...; a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test,spaces,export]'
