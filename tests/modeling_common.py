@@ -1,10 +1,13 @@
-"""Behaviour every retrieval family of the zoo shares, checked by one mixin, as transformers' `ModelTesterMixin`
+"""Behaviour every family of the zoo shares, checked by one mixin (`ModelTesterMixin`; retrieval families add
+`RetrievalModelTesterMixin`), as transformers' `ModelTesterMixin`
 (tests/test_modeling_common.py of the transformers repository) checks its models. Written for this project; the
 checks mirror transformers' where they apply to a multi-tower retrieval model.
 
-A family's test class inherits `RetrievalModelTesterMixin` and provides `model_class`, `get_config()` and
-`get_inputs(config, batch_size, seed)` (tensors for every modality), and `expected_layers(config, modality)` (how
-many attention layers `get_<modality>_features(output_attentions=True)` reports).
+A family's test class inherits `ModelTesterMixin` (the matching families) or `RetrievalModelTesterMixin` and provides
+`model_class`, `get_config()`, `get_inputs(config, batch_size, seed)` (tensors for every modality it reads) and
+`batch_keys(config)` (the outputs compared row by row); `auto_class` names the auto class of the remote-code round
+trip. A retrieval family also gives `expected_layers(config, modality)` (how many attention layers
+`get_<modality>_features(output_attentions=True)` reports).
 
 | transformers check | here |
 |---|---|
@@ -109,11 +112,17 @@ def seeded_weight_init(seed: int = 42):
         PreTrainedModel._initialize_weights = original
 
 
-class RetrievalModelTesterMixin:
+class ModelTesterMixin:
     model_class: type
+    #: The auto class that loads a saved folder of `model_class` (remote code).
+    auto_class: str = "AutoModel"
     modalities: tuple[str, ...] = ("text", "audio", "image")
     forward_kwargs: dict = {}
     batch_size: int = 4
+    #: Learning rate of `test_loss_decreases_on_a_tiny_batch`, and the share of the first loss that 20 AdamW steps
+    #: on one batch must get below.
+    training_learning_rate: float = 1e-3
+    training_loss_ratio: float = 0.5
     #: Parameters that legitimately get no gradient from the loss (with the reason).
     parameters_without_gradient: dict[str, str] = {}
 
@@ -121,9 +130,6 @@ class RetrievalModelTesterMixin:
         raise NotImplementedError
 
     def get_inputs(self, config, batch_size: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def expected_layers(self, config, modality: str) -> int:
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------------------------- helpers
@@ -139,30 +145,6 @@ class RetrievalModelTesterMixin:
         return {k: v for k, v in inputs.items() if k in FEATURE_INPUTS[modality]}
 
     # --------------------------------------------------------------------------------------------- outputs
-    def test_forward_returns_a_model_output_with_unit_embeddings(self):
-        model = self._model()
-        output = model(**self.get_inputs(model.config, self.batch_size), **self.forward_kwargs)
-        assert isinstance(output, ModelOutput)
-        assert all(torch.isfinite(v).all() for v in tensor_outputs(output).values())
-        for modality in self.modalities:
-            embeds = output[f"{modality}_embeds"]
-            assert embeds.shape == (self.batch_size, model.config.projection_dim)
-            torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(self.batch_size))
-
-    def test_logits_are_temperature_scaled_cosines(self):
-        model = self._model()
-        output = model(**self.get_inputs(model.config, self.batch_size), **self.forward_kwargs)
-        scale = model.inverse_temperature()
-        assert abs(float(scale.detach()) - 1 / model.config.temperature) < 1e-3 * float(scale.detach())
-        pairs = {"text": "image", "image": "text", "audio": "text"}
-        bias = getattr(model, "logit_bias", None)
-        for modality, partner in pairs.items():
-            if modality in self.modalities and partner in self.modalities:
-                expected = output[f"{modality}_embeds"] @ output[f"{partner}_embeds"].T * scale
-                if bias is not None:
-                    expected = expected + bias
-                torch.testing.assert_close(output[f"logits_per_{modality}"], expected)
-
     def test_determinism(self):
         model = self._model()
         inputs = self.get_inputs(model.config, self.batch_size)
@@ -170,15 +152,18 @@ class RetrievalModelTesterMixin:
         for key, value in first.items():
             torch.testing.assert_close(second[key], value, rtol=0, atol=1e-5, msg=key)
 
+    def batch_keys(self, config) -> list[str]:
+        """The outputs whose rows `test_batching_equivalence` compares one by one."""
+        raise NotImplementedError
+
     def test_batching_equivalence(self):
-        """Each row of a batch embeds as it does alone (padding and the batch do not leak into an embedding)."""
+        """Each row of a batch comes out as it does alone (padding and the batch do not leak into a row)."""
         model = self._model()
         inputs = self.get_inputs(model.config, self.batch_size)
         batched = self._outputs(model, inputs)
         for row in range(self.batch_size):
             single = self._outputs(model, {k: v[row : row + 1] for k, v in inputs.items()})
-            for modality in self.modalities:
-                key = f"{modality}_embeds"
+            for key in self.batch_keys(model.config):
                 torch.testing.assert_close(
                     single[key][0], batched[key][row], rtol=0, atol=1e-5, msg=f"{key} row {row}"
                 )
@@ -199,63 +184,7 @@ class RetrievalModelTesterMixin:
             for a, b in zip(expected, actual, strict=True):
                 torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
 
-    def test_combinations_in_forward_are_the_composed_queries_of_encode(self):
-        model = self._model()
-        inputs = self.get_inputs(model.config, self.batch_size)
-        pairs = [
-            c
-            for c in (("text", "audio"), ("audio", "image"), ("text", "image"))
-            if set(c) <= set(self.modalities)
-        ]
-        with torch.no_grad():
-            output = model(**inputs, combinations=pairs)
-            encoded = model.encode(pairs, **inputs)
-        assert set(output.combined_embeds) == {"+".join(c) for c in pairs}
-        for pair in pairs:
-            torch.testing.assert_close(
-                output.combined_embeds["+".join(pair)], encoded[pair], rtol=0, atol=1e-6
-            )
-
     # ------------------------------------------------------------------------------- get_<modality>_features
-    @pytest.mark.parametrize("return_dict", [True, False, None])
-    def test_get_features_output(self, return_dict):
-        model = self._model()
-        inputs = self.get_inputs(model.config, self.batch_size)
-        for modality in self.modalities:
-            method = getattr(model, f"get_{modality}_features")
-            kwargs = {} if return_dict is None else {"return_dict": return_dict}
-            with torch.no_grad():
-                output = method(**self._modality_inputs(inputs, modality), **kwargs)
-            if return_dict is False:
-                assert isinstance(output, tuple)
-                continue
-            assert isinstance(output, ModelOutput) and output.last_hidden_state.shape[0] == self.batch_size
-            embeds = output.pooler_output
-            assert embeds.shape == (self.batch_size, model.config.projection_dim)
-            torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(self.batch_size))
-            with torch.no_grad():
-                full = model(**inputs, **self.forward_kwargs)
-            torch.testing.assert_close(embeds, full[f"{modality}_embeds"], rtol=0, atol=1e-6)
-
-    def test_get_features_hidden_states_and_attentions(self):
-        model = self._model()
-        model.set_attn_implementation("eager")
-        inputs = self.get_inputs(model.config, self.batch_size)
-        for modality in self.modalities:
-            method = getattr(model, f"get_{modality}_features")
-            with torch.no_grad():
-                output = method(
-                    **self._modality_inputs(inputs, modality),
-                    output_hidden_states=True,
-                    output_attentions=True,
-                )
-            layers = self.expected_layers(model.config, modality)
-            assert len(output.hidden_states) == layers + 1, modality
-            assert len(output.attentions) == layers, modality
-            attention = output.attentions[-1]
-            assert attention.shape[0] == self.batch_size and attention.shape[-1] == attention.shape[-2]
-            torch.testing.assert_close(attention.sum(-1), torch.ones_like(attention.sum(-1)), msg=modality)
-
     # -------------------------------------------------------------------------------------------- attention
     def test_sdpa_matches_eager_attention(self):
         """The same weights on the eager and the SDPA kernels: the kernel calls are counted (eager must make none,
@@ -325,7 +254,8 @@ class RetrievalModelTesterMixin:
             assert (tmp_path / f"{reference.split('.')[0]}.py").exists()
 
     def test_remote_code_loads_in_a_clean_process(self, tmp_path):
-        """`AutoModel.from_pretrained(dir, trust_remote_code=True)` from another directory, `modeling` unimportable."""
+        """`<auto_class>.from_pretrained(dir, trust_remote_code=True)` from another directory, `modeling` unimportable:
+        the same class, the same outputs."""
         model = self._model()
         inputs = self.get_inputs(model.config, self.batch_size)
         expected = self._outputs(model, inputs)
@@ -339,9 +269,11 @@ class RetrievalModelTesterMixin:
             sys.modules["recipes"] = None
             import torch
             from safetensors.torch import load_file, save_file
-            from transformers import AutoModel
-            model = AutoModel.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
+            import transformers
+            auto_class = getattr(transformers, {self.auto_class!r})
+            model = auto_class.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
             assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            assert type(model).__name__ == {self.model_class.__name__!r}, type(model).__name__
             with torch.no_grad():
                 out = model(**load_file({str(tmp_path / "in.st")!r}), **json.loads({json.dumps(self.forward_kwargs)!r}))
             save_file({{k: v.contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}}, "out.st")
@@ -391,7 +323,9 @@ class RetrievalModelTesterMixin:
         config = self.get_training_config()
         model = self._model(config).train()
         inputs = self.get_inputs(config, 8)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=self.training_learning_rate
+        )
         losses = []
         for _ in range(20):
             loss = self.loss_for_gradients(model, inputs)
@@ -400,7 +334,7 @@ class RetrievalModelTesterMixin:
             optimizer.step()
             optimizer.zero_grad()
         assert all(torch.isfinite(torch.tensor(losses)))
-        assert losses[-1] < 0.5 * losses[0], losses
+        assert losses[-1] < self.training_loss_ratio * losses[0], losses
 
     def test_every_trainable_parameter_gets_a_gradient(self):
         """After one optimizer step (a zero-initialised output layer passes no gradient back until it has moved), every
@@ -463,6 +397,120 @@ class RetrievalModelTesterMixin:
         for key, value in self._outputs(merged, inputs).items():
             torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-5, msg=key)
 
+    # ---------------------------------------------------------------------------------------------- interface
+    def test_unknown_keyword_arguments_are_refused(self):
+        model = self._model()
+        inputs = self.get_inputs(model.config, self.batch_size)
+        name = "pixel_values" if "pixel_values" in inputs else "input_values"
+        misspelt = {(name[:-1] + "z" if k == name else k): v for k, v in inputs.items()}
+        with pytest.raises(TypeError, match=f"{name[:-1]}z.*did you mean '{name}'"):
+            model(**misspelt)
+
+    def test_model_get_set_embeddings(self):
+        model = self._model()
+        embeddings = model.get_input_embeddings()
+        assert isinstance(embeddings, torch.nn.Embedding)
+        model.set_input_embeddings(torch.nn.Embedding(10, embeddings.embedding_dim))
+        assert model.get_input_embeddings().num_embeddings == 10
+
+    def test_model_main_input_name(self):
+        first = list(inspect.signature(self.model_class.forward).parameters)[1]
+        assert first == self.model_class.main_input_name
+
+    def test_model_is_small(self):
+        assert self._model().num_parameters() < 1_000_000
+
+
+class RetrievalModelTesterMixin(ModelTesterMixin):
+    """The checks of a retrieval family: unit embeddings per modality, CLIP-like logits, composed queries,
+    `get_<modality>_features`, and negatives gathered across DDP ranks."""
+
+    def batch_keys(self, config) -> list[str]:
+        return [f"{modality}_embeds" for modality in self.modalities]
+
+    def expected_layers(self, config, modality: str) -> int:
+        raise NotImplementedError
+
+    def test_forward_returns_a_model_output_with_unit_embeddings(self):
+        model = self._model()
+        output = model(**self.get_inputs(model.config, self.batch_size), **self.forward_kwargs)
+        assert isinstance(output, ModelOutput)
+        assert all(torch.isfinite(v).all() for v in tensor_outputs(output).values())
+        for modality in self.modalities:
+            embeds = output[f"{modality}_embeds"]
+            assert embeds.shape == (self.batch_size, model.config.projection_dim)
+            torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(self.batch_size))
+
+    def test_logits_are_temperature_scaled_cosines(self):
+        model = self._model()
+        output = model(**self.get_inputs(model.config, self.batch_size), **self.forward_kwargs)
+        scale = model.inverse_temperature()
+        assert abs(float(scale.detach()) - 1 / model.config.temperature) < 1e-3 * float(scale.detach())
+        pairs = {"text": "image", "image": "text", "audio": "text"}
+        bias = getattr(model, "logit_bias", None)
+        for modality, partner in pairs.items():
+            if modality in self.modalities and partner in self.modalities:
+                expected = output[f"{modality}_embeds"] @ output[f"{partner}_embeds"].T * scale
+                if bias is not None:
+                    expected = expected + bias
+                torch.testing.assert_close(output[f"logits_per_{modality}"], expected)
+
+    def test_combinations_in_forward_are_the_composed_queries_of_encode(self):
+        model = self._model()
+        inputs = self.get_inputs(model.config, self.batch_size)
+        pairs = [
+            c
+            for c in (("text", "audio"), ("audio", "image"), ("text", "image"))
+            if set(c) <= set(self.modalities)
+        ]
+        with torch.no_grad():
+            output = model(**inputs, combinations=pairs)
+            encoded = model.encode(pairs, **inputs)
+        assert set(output.combined_embeds) == {"+".join(c) for c in pairs}
+        for pair in pairs:
+            torch.testing.assert_close(
+                output.combined_embeds["+".join(pair)], encoded[pair], rtol=0, atol=1e-6
+            )
+
+    @pytest.mark.parametrize("return_dict", [True, False, None])
+    def test_get_features_output(self, return_dict):
+        model = self._model()
+        inputs = self.get_inputs(model.config, self.batch_size)
+        for modality in self.modalities:
+            method = getattr(model, f"get_{modality}_features")
+            kwargs = {} if return_dict is None else {"return_dict": return_dict}
+            with torch.no_grad():
+                output = method(**self._modality_inputs(inputs, modality), **kwargs)
+            if return_dict is False:
+                assert isinstance(output, tuple)
+                continue
+            assert isinstance(output, ModelOutput) and output.last_hidden_state.shape[0] == self.batch_size
+            embeds = output.pooler_output
+            assert embeds.shape == (self.batch_size, model.config.projection_dim)
+            torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(self.batch_size))
+            with torch.no_grad():
+                full = model(**inputs, **self.forward_kwargs)
+            torch.testing.assert_close(embeds, full[f"{modality}_embeds"], rtol=0, atol=1e-6)
+
+    def test_get_features_hidden_states_and_attentions(self):
+        model = self._model()
+        model.set_attn_implementation("eager")
+        inputs = self.get_inputs(model.config, self.batch_size)
+        for modality in self.modalities:
+            method = getattr(model, f"get_{modality}_features")
+            with torch.no_grad():
+                output = method(
+                    **self._modality_inputs(inputs, modality),
+                    output_hidden_states=True,
+                    output_attentions=True,
+                )
+            layers = self.expected_layers(model.config, modality)
+            assert len(output.hidden_states) == layers + 1, modality
+            assert len(output.attentions) == layers, modality
+            attention = output.attentions[-1]
+            assert attention.shape[0] == self.batch_size and attention.shape[-1] == attention.shape[-2]
+            torch.testing.assert_close(attention.sum(-1), torch.ones_like(attention.sum(-1)), msg=modality)
+
     def test_ddp_gathers_negatives_like_one_process(self, tmp_path):
         """2 ranks x batch B (negatives gathered from both ranks, with gradients) == 1 process x batch 2B: the same
         loss and the same (rank-averaged) gradients."""
@@ -485,25 +533,3 @@ class RetrievalModelTesterMixin:
         assert distributed["grads"].keys() == single["grads"].keys() and single["grads"]
         for name, grad in single["grads"].items():
             torch.testing.assert_close(distributed["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
-
-    # ---------------------------------------------------------------------------------------------- interface
-    def test_unknown_keyword_arguments_are_refused(self):
-        model = self._model()
-        inputs = self.get_inputs(model.config, self.batch_size)
-        misspelt = {("pixel_valuez" if k == "pixel_values" else k): v for k, v in inputs.items()}
-        with pytest.raises(TypeError, match="pixel_valuez.*did you mean 'pixel_values'"):
-            model(**misspelt)
-
-    def test_model_get_set_embeddings(self):
-        model = self._model()
-        embeddings = model.get_input_embeddings()
-        assert isinstance(embeddings, torch.nn.Embedding)
-        model.set_input_embeddings(torch.nn.Embedding(10, embeddings.embedding_dim))
-        assert model.get_input_embeddings().num_embeddings == 10
-
-    def test_model_main_input_name(self):
-        first = list(inspect.signature(self.model_class.forward).parameters)[1]
-        assert first == self.model_class.main_input_name
-
-    def test_model_is_small(self):
-        assert self._model().num_parameters() < 1_000_000

@@ -278,8 +278,9 @@ def eager_attention_forward(
 
 
 class FusionAttention(nn.Module):
-    """Multi-head self-attention, dispatched through transformers' `AttentionInterface` (`eager`, `sdpa`, ...) by
-    `config._attn_implementation`, which `model.set_attn_implementation(...)` sets."""
+    """Multi-head attention, dispatched through transformers' `AttentionInterface` (`eager`, `sdpa`, ...) by
+    `config._attn_implementation`, which `model.set_attn_implementation(...)` sets. Self-attention by default; with
+    `key_value_states` (another sequence) it is cross-attention, the mask then covering that sequence's keys."""
 
     def __init__(self, config: FusionTransformerConfig):
         super().__init__()
@@ -299,12 +300,18 @@ class FusionAttention(nn.Module):
         attention_mask: torch.Tensor | None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         output_attentions: bool = False,
+        key_value_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, seq_len, _ = hidden_states.shape
         shape = (batch_size, seq_len, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (B, heads, S, head_dim)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        if key_value_states is None:
+            key_value_states = hidden_states
+        elif rotary is not None:
+            raise ValueError("Rotary positions apply to self-attention only (the two sequences count apart).")
+        kv_shape = (batch_size, key_value_states.shape[1], self.num_heads, self.head_dim)
+        key = self.k_proj(key_value_states).view(kv_shape).transpose(1, 2)
+        value = self.v_proj(key_value_states).view(kv_shape).transpose(1, 2)
         if rotary is not None:
             cos, sin = (t.to(query.dtype) for t in rotary)
             query = query * cos + rotate_half(query) * sin

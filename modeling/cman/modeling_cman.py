@@ -21,6 +21,7 @@ from .retrieval import (
     MODALITIES,
     MODALITY_INPUTS,
     RetrievalOutput,
+    StrictLoadingMixin,
     check_combinations,
     check_unknown_kwargs,
     combination_key,
@@ -80,7 +81,7 @@ class CmanOutput(RetrievalOutput):
     fused_model_output: FusionOutput | None = None
 
 
-class CmanPreTrainedModel(PreTrainedModel):
+class CmanPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config: CmanConfig
     config_class = CmanConfig
     base_model_prefix = "cman"
@@ -91,23 +92,6 @@ class CmanPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["FusionLayer"]
     _tied_weights_keys: dict[str, str] = {}
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Like `PreTrainedModel.from_pretrained`, but strict: a checkpoint that lacks weights of this model (or has
-        weights of another shape) is an error rather than a silently re-initialised module."""
-        wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
-        )
-        problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
-        if problems:
-            details = "; ".join(f"{k}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
-            raise ValueError(
-                f"{pretrained_model_name_or_path} does not hold a complete {cls.__name__} checkpoint ({details}). "
-                "Was it saved from a model with another config, or from another model?"
-            )
-        return (model, info) if wants_info else model
 
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -19,6 +19,7 @@ from .losses import LOSSES, ContrastiveLoss, build_loss
 from .retrieval import (
     MODALITY_INPUTS,
     RetrievalOutput,
+    StrictLoadingMixin,
     check_combinations,
     check_unknown_kwargs,
     combination_key,
@@ -62,7 +63,7 @@ class LateFusionOutput(RetrievalOutput):
     """
 
 
-class LateFusionPreTrainedModel(PreTrainedModel):
+class LateFusionPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config: LateFusionConfig
     config_class = LateFusionConfig
     base_model_prefix = "late_fusion"
@@ -72,23 +73,6 @@ class LateFusionPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_attention_backend = True
     _tied_weights_keys: dict[str, str] = {}
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Like `PreTrainedModel.from_pretrained`, but strict: a checkpoint that lacks weights of this model (or has
-        weights of another shape) is an error rather than a silently re-initialised module."""
-        wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
-        )
-        problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
-        if problems:
-            details = "; ".join(f"{k}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
-            raise ValueError(
-                f"{pretrained_model_name_or_path} does not hold a complete {cls.__name__} checkpoint ({details}). "
-                "Was it saved from a model with another config, or from another model?"
-            )
-        return (model, info) if wants_info else model
 
     def _init_weights(self, module):
         super()._init_weights(module)

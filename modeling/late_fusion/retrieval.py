@@ -99,6 +99,26 @@ def similarity_logits(
     return logits
 
 
+class StrictLoadingMixin:
+    """For a `PreTrainedModel`: `from_pretrained` is strict, so a checkpoint that lacks weights of this model (or
+    has weights of another shape) is an error naming them, rather than a silently re-initialised module."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
+        problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+        if problems:
+            details = "; ".join(f"{k}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
+            raise ValueError(
+                f"{pretrained_model_name_or_path} does not hold a complete {cls.__name__} checkpoint ({details}). "
+                "Was it saved from a model with another config, or from another model?"
+            )
+        return (model, info) if wants_info else model
+
+
 def present_modalities(inputs: dict[str, Any]) -> list[str]:
     """The modalities whose primary input (`input_ids`, `input_features`/`input_values`, `pixel_values`) is given."""
     return [m for m in MODALITIES if any(inputs.get(name) is not None for name in PRIMARY_INPUTS[m])]
