@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import transformers
 from transformers import EarlyStoppingCallback, set_seed
 
 if __package__ in (None, ""):  # run as a script (e.g. by accelerate launch): make the repository importable
@@ -44,6 +43,7 @@ from recipes.training.trainer import (  # noqa: E402  # noqa: E402
     JsonlLogCallback,
     LossSchedule,
     RetrievalTrainer,
+    configure_run_logging,
     default_cache_dir,
     last_complete_checkpoint,
     make_compute_metrics,
@@ -95,15 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _train(model_args, data_args, training_args, command: list[str]) -> dict:
     output_dir = Path(training_args.output_dir)
-    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(
-        format=log_format, level=logging.INFO if training_args.should_log else logging.WARNING
-    )
-    transformers.utils.logging.set_verbosity_warning()
-    if training_args.should_save:
-        file_handler = logging.FileHandler(output_dir / "train.log")
-        file_handler.setFormatter(logging.Formatter(log_format))
-        logging.getLogger().addHandler(file_handler)
+    configure_run_logging(training_args, output_dir)
     set_seed(training_args.seed)
     started = time.perf_counter()
     phases: dict[str, float] = {}  # wall seconds per phase of the run, written to run_timings.json

@@ -293,3 +293,54 @@ def save_tiny_retrieval_dataset(folder: str | Path, sizes: dict[str, int] | None
     }
     datasets.DatasetDict(splits).save_to_disk(str(folder))
     return Path(folder)
+
+
+def tiny_vqa_rows(count: int, seed: int = 0) -> list[dict]:
+    """Questions about the images of `tiny_retrieval_rows` (colour, shape, a yes/no and a count), with 10 answers
+    each, in the stamps VQA layout."""
+    rows = []
+    for index, item in enumerate(tiny_retrieval_rows(count, seed)):
+        _, colour, shape, _, _ = item["text"].split()
+        kind = index % 3
+        if kind == 0:
+            question, answers, answer_type = "what colour is it?", [colour] * 9 + ["dark"], "other"
+        elif kind == 1:
+            yes = shape == "circle"
+            question, answers, answer_type = "is it a circle?", ["yes" if yes else "no"] * 10, "yes/no"
+        else:
+            number = str(1 + SHAPES.index(shape))
+            question, answers, answer_type = "how many things are there?", [number] * 10, "number"
+        rows.append(
+            {
+                "question_id": f"q-{seed}-{index}",
+                "image": item["image"],
+                "question": question,
+                "answers": answers,
+                "multiple_choice_answer": answers[0],
+                "answer_type": answer_type,
+            }
+        )
+    return rows
+
+
+def save_tiny_vqa_dataset(folder: str | Path, sizes: dict[str, int] | None = None) -> Path:
+    """A VQA `DatasetDict` (question, 10 answers, answer type, Image) saved with `save_to_disk`."""
+    import datasets
+
+    sizes = sizes or {"train": 24, "validation": 9, "test": 9}
+    features = datasets.Features(
+        {
+            "question_id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answers": datasets.List(datasets.Value("string")),
+            "multiple_choice_answer": datasets.Value("string"),
+            "answer_type": datasets.Value("string"),
+        }
+    )
+    splits = {
+        name: datasets.Dataset.from_list(tiny_vqa_rows(count, seed=i), features=features)
+        for i, (name, count) in enumerate(sizes.items())
+    }
+    datasets.DatasetDict(splits).save_to_disk(str(folder))
+    return Path(folder)

@@ -243,3 +243,53 @@ def write_run_plots(
             )
     logger.info("Plots: %s", ", ".join(p.name for p in written))
     return written
+
+
+def _image_grid(weights: torch.Tensor) -> torch.Tensor:
+    """Attention over an image's tokens as a square grid (a ViT's leading [CLS] token dropped)."""
+    count = weights.shape[-1]
+    side = int(round(count**0.5))
+    if side * side != count:
+        side = int(round((count - 1) ** 0.5))
+        if side * side != count - 1:
+            raise ValueError(f"{count} image tokens do not form a square grid.")
+        weights = weights[..., 1:]
+    return weights.reshape(side, side)
+
+
+@torch.no_grad()
+def plot_matching_attention(model, processor, examples: list[dict], path: Path) -> Path:
+    """
+    For each example (`image`: a PIL image, `question`: text, `answer`: the expected answer), the image with the
+    last layer's attention over its tokens, averaged over heads: the pooling token's (early fusion) or the text
+    stream's pooling token's cross-attention (two streams); titled with the question, the model's answer (when it
+    has an answer head) and the expected one.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    fig, axes = plt.subplots(1, len(examples), figsize=(3.4 * len(examples), 3.9), squeeze=False)
+    for axis, example in zip(axes[0], examples, strict=True):
+        image = example["image"].convert("RGB")
+        inputs = processor(text=[example["question"]], images=[image], return_tensors="pt")
+        output = model(**{k: v.to(device) for k, v in inputs.items()}, output_attentions=True)
+        if output.cross_attentions:  # two streams: the text stream's pooling token over the image stream
+            weights = output.cross_attentions[-1][0].float().mean(0)[0, 1:]
+        else:  # one stream: the pooling token over the image tokens (type 2)
+            types = output.token_type_ids.cpu()
+            weights = output.attentions[-1][0].float().mean(0)[0][types == 2]
+        grid = _image_grid(weights.cpu())
+        axis.imshow(image.resize((224, 224)))
+        axis.imshow(
+            torch.nn.functional.interpolate(grid[None, None], size=(224, 224), mode="bilinear")[0, 0].numpy(),
+            cmap="inferno", alpha=0.55,
+        )  # fmt: skip
+        answer = ""
+        if getattr(model, "vqa_head", None) is not None:
+            answer = f"\nmodel: {model.config.id2label[int(output.logits.argmax(-1))]!r}"
+        axis.set_title(f"{example['question']}{answer}\nexpected: {example['answer']!r}", fontsize=8)
+        axis.axis("off")
+    fig.suptitle(f"{type(model).__name__}: last layer's attention over the image tokens", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -113,34 +113,16 @@ class DataArguments:
 
 
 @dataclass
-class RetrievalTrainingArguments(TrainingArguments):
-    # Training
-    loss_warmup_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Steps trained with `loss_warmup` before the model's own loss (config.loss_type) takes over."
-        },
-    )
-    loss_warmup: str = field(
-        default="all_negatives",
-        metadata={"help": "'all_negatives' (max-margin over every negative) or 'infonce'."},
-    )
-    composed_loss_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "Also train composed queries: each pair of modalities (e.g. text+speech), embedded together, "
-            "against the third, with this weight (0: only the pairs of single modalities)."
-        },
-    )
+class RecipeTrainingArguments(TrainingArguments):
+    """What every training recipe of the zoo adds to `TrainingArguments`."""
+
     auto_resume: bool = field(
         default=True, metadata={"help": "Continue from the last complete checkpoint found in output_dir."}
     )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Evaluations without improvement."}
     )
-    make_plots: bool = field(
-        default=True, metadata={"help": "Write loss, recall, t-SNE and attention plots."}
-    )
+    make_plots: bool = field(default=True, metadata={"help": "Write the run's plots."})
     precision: str = field(
         default="auto",
         metadata={
@@ -163,3 +145,74 @@ class RetrievalTrainingArguments(TrainingArguments):
     )
     remove_unused_columns: bool = False
     report_to: str | list[str] = "tensorboard"
+
+
+@dataclass
+class RetrievalTrainingArguments(RecipeTrainingArguments):
+    # Training
+    loss_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps trained with `loss_warmup` before the model's own loss (config.loss_type) takes over."
+        },
+    )
+    loss_warmup: str = field(
+        default="all_negatives",
+        metadata={"help": "'all_negatives' (max-margin over every negative) or 'infonce'."},
+    )
+    composed_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Also train composed queries: each pair of modalities (e.g. text+speech), embedded together, "
+            "against the third, with this weight (0: only the pairs of single modalities)."
+        },
+    )
+    make_plots: bool = field(
+        default=True, metadata={"help": "Write loss, recall, t-SNE and attention plots."}
+    )
+
+
+@dataclass
+class MatchingDataArguments:
+    """The data of the matching / VQA recipe: a VQA dataset, a dataset of matched pairs, or both (multi-task)."""
+
+    tasks: list[str] = field(
+        default_factory=lambda: ["vqa"],
+        metadata={
+            "help": "'vqa' (the answer head on dataset_name), 'matching' (the pair objectives on pairs_dataset_name), "
+            "or both: a multi-task model whose batches interleave the two, weighted by the config's *_weight."
+        },
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "The VQA dataset: a save_to_disk folder or a Hub name."}
+    )
+    pairs_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "The matched pairs (e.g. the stamps): a save_to_disk folder or a Hub name."},
+    )
+    train_split: str = "train"
+    eval_split: str | None = "validation"
+    test_splits: list[str] = field(default_factory=lambda: ["test"])
+    question_column: str = "question"
+    answers_column: str = "answers"
+    image_column: str = "image"
+    pairs_text_column: str = "text"
+    pairs_other_column: str = "image"
+    pairs_other_modality: str = field(default="image", metadata={"help": "'image' or 'audio'."})
+    answer_min_count: int = field(
+        default=1, metadata={"help": "Keep answers given at least this often in train (by any annotator)."}
+    )
+    question_only: bool = field(
+        default=False,
+        metadata={"help": "Blank every image (plain grey): the question-only baseline of the same model."},
+    )
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    rerank_with: str | None = field(
+        default=None,
+        metadata={
+            "help": "A retriever folder (e.g. the main job's outputs/demo) whose text<->image top-k the matching head "
+            "re-ranks on the test split after training."
+        },
+    )
+    rerank_top_k: int = 16

@@ -1,4 +1,4 @@
-"""Build a retrieval model and its processor from the recipe's arguments, for any registered retrieval family.
+"""Build a model and its processor from a recipe's arguments, for any registered family.
 
 A retrieval family registers its config, model and processor with the Auto classes (`import modeling`) and offers:
 `Config.from_towers(text=, audio=, image=, audio_window_seconds=, **fields)`, `Model.from_encoders_pretrained(config)`,
@@ -19,19 +19,21 @@ import modeling  # noqa: F401  (registers the families with the Auto classes)
 from .arguments import ModelArguments
 
 
-def family_classes(model_type: str) -> tuple[type, type, type]:
-    """`(config class, model class, processor class)` of a registered family."""
+def family_classes(model_type: str, auto_class=AutoModel) -> tuple[type, type, type]:
+    """`(config class, model class, processor class)` of a registered family; the model class is the one
+    `auto_class` maps the family to (`AutoModel`: the bare model; e.g. `AutoModelForVisualQuestionAnswering`)."""
     if model_type not in CONFIG_MAPPING:
         families = sorted(
             name for name in CONFIG_MAPPING if CONFIG_MAPPING[name].__module__.startswith("modeling.")
         )
         raise ValueError(f"model_type={model_type!r} is not a family of this zoo; choose one of {families}.")
     config_class = CONFIG_MAPPING[model_type]
-    model_class, processor_class = MODEL_MAPPING[config_class], PROCESSOR_MAPPING[config_class]
+    mapping = MODEL_MAPPING if auto_class is AutoModel else auto_class._model_mapping
+    if config_class not in mapping:
+        raise ValueError(f"model_type={model_type!r} has no model for {auto_class.__name__}.")
+    model_class, processor_class = mapping[config_class], PROCESSOR_MAPPING[config_class]
     if not hasattr(config_class, "from_towers") or not hasattr(model_class, "from_encoders_pretrained"):
-        raise ValueError(
-            f"model_type={model_type!r} is not a retrieval family (it cannot be built from towers)."
-        )
+        raise ValueError(f"model_type={model_type!r} cannot be built from towers.")
     return config_class, model_class, processor_class
 
 
@@ -51,14 +53,16 @@ def tower_argument(path: str | None, overrides: dict, load_weights: bool):
     return config
 
 
-def build_model_and_processor(args: ModelArguments):
-    """The model to train and its processor: a saved folder or Hub id, or a new model of `args.model_type` built
-    from the three towers."""
+def build_model_and_processor(args: ModelArguments, auto_class=AutoModel, config_fields: dict | None = None):
+    """The model to train and its processor: a saved folder or Hub id (loaded by `auto_class`; `config_fields`
+    override its config, e.g. a new answer vocabulary), or a new model of `args.model_type` built from the three
+    towers, whose config takes `args.model_config` and `config_fields`."""
+    config_fields = config_fields or {}
     if args.model_name_or_path:
-        model = AutoModel.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+        model = auto_class.from_pretrained(args.model_name_or_path, trust_remote_code=True, **config_fields)
         processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=True)
         return model, processor
-    config_class, model_class, processor_class = family_classes(args.model_type)
+    config_class, model_class, processor_class = family_classes(args.model_type, auto_class)
     towers = {"text": args.text_tower, "audio": args.audio_tower, "image": args.image_tower}
     if None in towers.values():
         raise ValueError(
@@ -77,7 +81,7 @@ def build_model_and_processor(args: ModelArguments):
             for modality, path in towers.items()
         },
         audio_window_seconds=args.audio_window_seconds,
-        **args.model_config,
+        **{**args.model_config, **config_fields},
     )
     model = model_class.from_encoders_pretrained(config) if args.load_tower_weights else model_class(config)
     processor = processor_class.from_towers(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from transformers import Trainer, TrainerCallback
 
 from modeling.common.losses import ContrastiveLoss, build_loss
@@ -60,7 +61,27 @@ def loss_name(loss_module) -> str:
     return type(loss_module).__name__ + (f"({negatives})" if negatives else "")
 
 
-class RetrievalTrainer(Trainer):
+class StrictResumeMixin:
+    """For a `Trainer`: resuming refuses a checkpoint that does not restore every weight."""
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # The stock Trainer loads checkpoints with strict=False and only warns: a renamed or missing tower would
+        # silently keep its initial weights. Resuming must restore every weight but the tied copies (e.g. the
+        # recogniser's output matrix, stored once with its token embeddings).
+        tied = set(getattr(unwrap_model(self.model), "all_tied_weights_keys", None) or {})
+        missing = [
+            key for key in load_result.missing_keys if key.removeprefix("base_model.model.") not in tied
+        ]
+        problems = {k: v for k, v in (("missing", missing), ("unexpected", load_result.unexpected_keys)) if v}
+        if problems:
+            raise RuntimeError(
+                f"The checkpoint does not match the model: {problems}. Refusing a partial load."
+            )
+        if load_result.missing_keys:
+            unwrap_model(self.model).tie_weights()
+
+
+class RetrievalTrainer(StrictResumeMixin, Trainer):
     """
     `Trainer` for the retrieval families: the loss is a module of the training side (see [`LossSchedule`]) applied
     to the embeddings the model returns (read by name), evaluation batches are collated without augmentation, the
@@ -145,21 +166,19 @@ class RetrievalTrainer(Trainer):
             return loss.detach(), None, None
         return loss.detach(), tuple(embeds[m].detach() for m in self.modalities), group_ids
 
-    def _issue_warnings_after_load(self, load_result) -> None:
-        # The stock Trainer loads checkpoints with strict=False and only warns: a renamed or missing tower would
-        # silently keep its initial weights. Resuming must restore every weight but the tied copies (e.g. the
-        # recogniser's output matrix, stored once with its token embeddings).
-        tied = set(getattr(unwrap_model(self.model), "all_tied_weights_keys", None) or {})
-        missing = [
-            key for key in load_result.missing_keys if key.removeprefix("base_model.model.") not in tied
-        ]
-        problems = {k: v for k, v in (("missing", missing), ("unexpected", load_result.unexpected_keys)) if v}
-        if problems:
-            raise RuntimeError(
-                f"The checkpoint does not match the model: {problems}. Refusing a partial load."
-            )
-        if load_result.missing_keys:
-            unwrap_model(self.model).tie_weights()
+
+def configure_run_logging(training_args, output_dir: Path) -> None:
+    """Log INFO from the main process (WARNING elsewhere) to the console and, where the run saves, to
+    `output_dir/train.log`; transformers' own logs at WARNING."""
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(
+        format=log_format, level=logging.INFO if training_args.should_log else logging.WARNING
+    )
+    transformers.utils.logging.set_verbosity_warning()
+    if training_args.should_save:
+        file_handler = logging.FileHandler(Path(output_dir) / "train.log")
+        file_handler.setFormatter(logging.Formatter(log_format))
+        logging.getLogger().addHandler(file_handler)
 
 
 def default_cache_dir() -> Path:

@@ -1,4 +1,4 @@
-"""Helpers around a retrieval model, whatever wraps it (PEFT, DistributedDataParallel)."""
+"""Helpers around a model of the zoo, whatever wraps it (PEFT, DistributedDataParallel)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def unwrap_model(model) -> PreTrainedModel:
             model = model.module
         else:  # PeftModel
             model = model.get_base_model()
-    if not hasattr(model, "encode"):
-        raise TypeError(f"Expected a retrieval model (possibly wrapped), got {type(model).__name__}.")
+    if not hasattr(model, "towers"):
+        raise TypeError(f"Expected a model of the zoo (possibly wrapped), got {type(model).__name__}.")
     return model
 
 
