@@ -78,6 +78,7 @@ def test_a_multitask_run_trains_both_tasks_and_reports_vqa_and_matching(multitas
     assert vqa["chance"]["accuracy_yes_no"] == pytest.approx(0.5)
     assert results["matching"]["num_pairs"] == 16 and 0.0 <= results["matching"]["accuracy"] <= 1.0
     assert "VQA accuracy on test" in result.stdout and "Image-text matching on test" in result.stdout
+    assert (output / "attention.png").stat().st_size > 0 and (output / "loss.png").stat().st_size > 0
 
 
 def test_the_saved_answering_model_reloads_with_its_vocabulary_and_matching_head(multitask_run, assets):
