@@ -37,6 +37,9 @@ def main(module: str, tester_name: str, output_dir: Path) -> None:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         torch.save({"loss": loss.detach(), "grads": grads}, output_dir / f"world{world_size}.pt")
     if world_size > 1:
+        # Leave together: a rank tearing gloo down while the other still works aborts it ("terminate called
+        # without an active exception", seen once on a fresh clone).
+        dist.barrier()
         dist.destroy_process_group()
 
 
