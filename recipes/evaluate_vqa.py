@@ -22,9 +22,8 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes.data.retrieval import RetrievalColumns, load_retrieval_dataset, prepare_for_lazy_decoding  # noqa: E402
 from recipes.evaluation.matching import format_matching_results  # noqa: E402
-from recipes.train_vqa import evaluate_run  # noqa: E402
+from recipes.train_vqa import evaluate_run, load_splits  # noqa: E402
 from recipes.training.arguments import MatchingDataArguments  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -79,16 +78,12 @@ def main(argv=None) -> dict:
         rerank_top_k=args.top_k,
     )  # fmt: skip
 
-    def splits(name, columns):
-        dataset = load_retrieval_dataset(name)
-        images = RetrievalColumns(text=None, audio=None, image="image", id=None)
-        return {
-            s: prepare_for_lazy_decoding(dataset[s].select_columns(columns), images)
-            for s in {args.train_split, *args.splits}
-        }
-
-    vqa = splits(args.dataset, ["question", "answers", "image", "answer_type"]) if args.dataset else None
-    pairs = splits(args.pairs_dataset, ["text", "image"]) if args.pairs_dataset else None
+    vqa = (
+        load_splits(args.dataset, data_args, ["question", "answers", "image", "answer_type"])
+        if args.dataset
+        else None
+    )
+    pairs = load_splits(args.pairs_dataset, data_args, ["text", "image"]) if args.pairs_dataset else None
     results = evaluate_run(model, processor, data_args, vqa, pairs, args.batch_size)
     print(format_matching_results(results))
     if args.output:

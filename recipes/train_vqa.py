@@ -95,7 +95,7 @@ def check_data_arguments(args: MatchingDataArguments) -> None:
         raise ValueError("rerank_with re-ranks text<->image retrieval: it needs image pairs.")
 
 
-def _splits(name: str, args: MatchingDataArguments, columns: list[str]) -> dict:
+def load_splits(name: str, args: MatchingDataArguments, columns: list[str]) -> dict:
     """The train / eval / test splits of a dataset, with only `columns`, images left undecoded (the collators decode
     them, naming a bad row)."""
     dataset = load_retrieval_dataset(name)
@@ -137,9 +137,9 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
             data_args.image_column,
             "answer_type",
         ]
-        vqa = _splits(data_args.dataset_name, data_args, vqa_columns)
+        vqa = load_splits(data_args.dataset_name, data_args, vqa_columns)
     if "matching" in data_args.tasks:
-        pairs = _splits(
+        pairs = load_splits(
             data_args.pairs_dataset_name,
             data_args,
             [data_args.pairs_text_column, data_args.pairs_other_column],

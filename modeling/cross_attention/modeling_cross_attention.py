@@ -252,10 +252,6 @@ class CrossAttentionForImageTextMatching(CrossAttentionModel):
     """
 
     own_objectives = ("itm",)
-    head_task = "itm"
-
-    def uses_pair_objectives(self) -> bool:
-        return True
 
 
 class CrossAttentionForQuestionAnswering(CrossAttentionModel):
@@ -266,10 +262,6 @@ class CrossAttentionForQuestionAnswering(CrossAttentionModel):
     """
 
     own_objectives = ("vqa",)
-    head_task = "vqa"
-
-    def uses_pair_objectives(self) -> bool:
-        return self.config.multitask
 
 
 __all__ = [

@@ -235,18 +235,22 @@ class MatchingHeadsMixin:
     pass (`unimodal`), `forward`, the `itc` embeddings, the heads each class carries and the weighted objectives.
     """
 
-    #: The objective of the head a class carries (`itm`, `vqa`; none for the bare model).
+    #: The objective of the head a class carries (`itm`, `vqa`; none for the bare model); `forward` runs that head.
     own_objectives: tuple[str, ...] = ()
-    #: The head `forward` runs (`None`: the fused pair only).
-    head_task: str | None = None
     #: `{auto class: model class name}` written into every saved folder's `auto_map` (set by each family).
     auto_classes: dict[str, str] = {}
     #: Components of the parameter table, by top-level attribute (set by each family).
     parameter_groups: dict[str, str] = {}
 
+    @property
+    def head_task(self) -> str | None:
+        """The head `forward` runs (`None`: the fused pair only)."""
+        return self.own_objectives[0] if self.own_objectives else None
+
     def uses_pair_objectives(self) -> bool:
-        """Whether the pair objectives with a weight above 0 are trained (and their heads built)."""
-        return False
+        """Whether the pair objectives with a weight above 0 are trained (and their heads built): always with the
+        matching head, with the answer head in a multi-task model (`config.multitask`)."""
+        return "itm" in self.own_objectives or ("vqa" in self.own_objectives and self.config.multitask)
 
     def objectives(self) -> tuple[str, ...]:
         """The objectives this model computes: its own head's, and the pair objectives whose weight is above 0 when

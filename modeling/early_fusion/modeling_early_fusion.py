@@ -131,10 +131,6 @@ class EarlyFusionForImageTextMatching(EarlyFusionModel):
     """
 
     own_objectives = ("itm",)
-    head_task = "itm"
-
-    def uses_pair_objectives(self) -> bool:
-        return True
 
 
 class EarlyFusionForQuestionAnswering(EarlyFusionModel):
@@ -145,10 +141,6 @@ class EarlyFusionForQuestionAnswering(EarlyFusionModel):
     """
 
     own_objectives = ("vqa",)
-    head_task = "vqa"
-
-    def uses_pair_objectives(self) -> bool:
-        return self.config.multitask
 
 
 __all__ = [

@@ -9,12 +9,12 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from recipes.data.matching import MultiTaskDataset, TaskBatchSampler
-from recipes.training.trainer import StrictResumeMixin
+from recipes.training.trainer import EvalCollatorMixin, StrictResumeMixin
 
 OBJECTIVE_LOSSES = ("itc_loss", "itm_loss", "mlm_loss", "mpm_loss", "vqa_loss")
 
 
-class MatchingTrainer(StrictResumeMixin, Trainer):
+class MatchingTrainer(EvalCollatorMixin, StrictResumeMixin, Trainer):
     """
     `Trainer` for the matching and VQA heads. The model computes its loss (the config's weighted objectives); the
     trainer logs each objective's mean since the last log line (`train/itm_loss`, ...). A [`MultiTaskDataset`] is
@@ -38,15 +38,6 @@ class MatchingTrainer(StrictResumeMixin, Trainer):
             pin_memory=self.args.dataloader_pin_memory,
         )
         return self.accelerator.prepare(loader)
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        if self.eval_data_collator is None:
-            return super().get_eval_dataloader(eval_dataset)
-        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = train_collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)

@@ -81,7 +81,23 @@ class StrictResumeMixin:
             unwrap_model(self.model).tie_weights()
 
 
-class RetrievalTrainer(StrictResumeMixin, Trainer):
+class EvalCollatorMixin:
+    """For a `Trainer` with an `eval_data_collator` attribute: evaluation batches use it (no augmentation, or
+    another task's collator) instead of `data_collator`."""
+
+    eval_data_collator = None
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+
+class RetrievalTrainer(EvalCollatorMixin, StrictResumeMixin, Trainer):
     """
     `Trainer` for the retrieval families: the loss is a module of the training side (see [`LossSchedule`]) applied
     to the embeddings the model returns (read by name), evaluation batches are collated without augmentation, the
@@ -109,15 +125,6 @@ class RetrievalTrainer(StrictResumeMixin, Trainer):
             else []
         )
         self._diagnostics: list[dict[str, float]] = []
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        if self.eval_data_collator is None:
-            return super().get_eval_dataloader(eval_dataset)
-        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = train_collator
 
     def _loss(self, model, inputs, step: int, training: bool = False):
         group_ids = inputs.pop("group_ids", None)
