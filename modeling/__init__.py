@@ -8,6 +8,7 @@ families share live once in `modeling/common/` and are copied into each family's
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForImageTextToText,
     AutoModelForPreTraining,
     AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
@@ -28,6 +29,12 @@ from .early_fusion import (
     EarlyFusionForQuestionAnswering,
     EarlyFusionModel,
     EarlyFusionProcessor,
+)
+from .gated_xattn import (
+    GatedXAttnConfig,
+    GatedXAttnForConditionalGeneration,
+    GatedXAttnModel,
+    GatedXAttnProcessor,
 )
 from .late_fusion import LateFusionConfig, LateFusionModel, LateFusionProcessor
 
@@ -68,6 +75,15 @@ for _config, _model, _matching, _answering, _processor in (
         [(AutoModelForPreTraining, _matching), (AutoModelForVisualQuestionAnswering, _answering)],
     )
 
+# The generator: the stock image-text-to-text pipeline loads it through AutoModelForImageTextToText.
+_register(
+    GatedXAttnConfig,
+    GatedXAttnModel,
+    GatedXAttnProcessor,
+    [(AutoModelForImageTextToText, GatedXAttnForConditionalGeneration)],
+)
+GatedXAttnForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+
 __all__ = [
     "CmanConfig",
     "CrossAttentionConfig",
@@ -80,6 +96,10 @@ __all__ = [
     "EarlyFusionForQuestionAnswering",
     "EarlyFusionModel",
     "EarlyFusionProcessor",
+    "GatedXAttnConfig",
+    "GatedXAttnForConditionalGeneration",
+    "GatedXAttnModel",
+    "GatedXAttnProcessor",
     "CmanModel",
     "CmanProcessor",
     "LateFusionConfig",

@@ -139,7 +139,13 @@ class ModelTesterMixin:
 
     def _outputs(self, model, inputs, **kwargs) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return tensor_outputs(model(**inputs, **self.forward_kwargs, **kwargs))
+            return self.comparable_outputs(
+                tensor_outputs(model(**inputs, **self.forward_kwargs, **kwargs)), inputs
+            )
+
+    def comparable_outputs(self, outputs: dict[str, torch.Tensor], inputs) -> dict[str, torch.Tensor]:
+        """The outputs the tests compare (a family whose outputs hold undefined positions masks them here)."""
+        return outputs
 
     def _modality_inputs(self, inputs, modality) -> dict[str, torch.Tensor]:
         return {k: v for k, v in inputs.items() if k in FEATURE_INPUTS[modality]}
@@ -224,7 +230,9 @@ class ModelTesterMixin:
             id(getattr(model.config, key))
             for key in model.config.sub_configs
             if getattr(model.config, key) is not None
-        }
+        } | {
+            id(model.config)
+        }  # a base model inside a head model holds the top config itself (as Llava's does)
         for name, module in model.named_modules():
             if (
                 name
@@ -284,7 +292,7 @@ class ModelTesterMixin:
             [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        reloaded = load_file(tmp_path / "out.st")
+        reloaded = self.comparable_outputs(load_file(tmp_path / "out.st"), inputs)
         assert set(reloaded) == set(expected)
         for key, value in reloaded.items():
             torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)

@@ -344,3 +344,89 @@ def save_tiny_vqa_dataset(folder: str | Path, sizes: dict[str, int] | None = Non
     }
     datasets.DatasetDict(splits).save_to_disk(str(folder))
     return Path(folder)
+
+
+# ----------------------------------------------------------------------------------------------- generator family
+#: SmolLM2-135M-Instruct's chat template (ChatML with a default system turn), which the tiny decoder tokenizer carries.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful assistant<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_decoder_tokenizer(folder: str | Path):
+    """A byte-level BPE (GPT-2 / SmolLM format) trained on `CORPUS` and the chat words, with ChatML special tokens
+    (`<|im_end|>` ends a turn and pads) and SmolLM2's chat template, saved to `folder`."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        [*CORPUS, "system user assistant You are a helpful assistant describe the image sound what colour"]
+        * 4,
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def tiny_decoder_config(**overrides):
+    """A 4-layer Llama decoder over the tiny decoder tokenizer's 300 ids (`<|im_end|>` = 2 ends and pads)."""
+    from transformers import LlamaConfig
+
+    fields = dict(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=1,
+        eos_token_id=2, pad_token_id=2,
+    )  # fmt: skip
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def tiny_gated_xattn_config(**overrides):
+    """A tiny generator: the tiny Llama decoder with gated blocks before layers 1 and 3, tiny AST / ViT towers."""
+    from modeling.gated_xattn import GatedXAttnConfig
+
+    block = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, dropout=0.0)
+    fields = dict(
+        text_config=tiny_decoder_config(),
+        audio_config=tiny_audio_config(),
+        image_config=tiny_image_config(),
+        resampler_config={**block, "num_hidden_layers": 2},
+        cross_attention_config={**block, "num_hidden_layers": 1},
+        num_latents=4,
+        cross_attention_every=2,
+    )
+    fields.update(overrides)
+    return GatedXAttnConfig(**fields)
+
+
+def tiny_gated_xattn_processor(folder: str | Path):
+    from modeling.gated_xattn import GatedXAttnProcessor
+
+    return GatedXAttnProcessor(
+        tokenizer=tiny_decoder_tokenizer(Path(folder) / "tokenizer"),
+        feature_extractor=ASTFeatureExtractor(num_mel_bins=MEL_BINS, max_length=AUDIO_FRAMES),
+        image_processor=ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+    )
+
+
+def save_tiny_decoder(folder: str | Path) -> Path:
+    """A random tiny Llama causal LM with the tiny decoder tokenizer, in the Hub layout of SmolLM2-135M-Instruct."""
+    from transformers import LlamaForCausalLM
+
+    folder = Path(folder)
+    LlamaForCausalLM(tiny_decoder_config()).save_pretrained(folder)
+    tiny_decoder_tokenizer(folder)
+    return folder
