@@ -293,3 +293,39 @@ def plot_matching_attention(model, processor, examples: list[dict], path: Path) 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_caption_examples(
+    dataset, predictions: list[str], path: Path, image_column: str = "image", text_column: str = "text",
+    count: int = 8, baselines: dict[str, list[str]] | None = None,
+) -> Path:  # fmt: skip
+    """Test images (evenly spread over `dataset`) with their reference description, the model's caption and, when
+    given, each baseline's caption underneath."""
+    import textwrap
+
+    from recipes.data.retrieval import _load_image
+
+    picks = list(range(0, len(dataset), max(1, len(dataset) // count)))[:count]
+    columns = 4
+    rows = (len(picks) + columns - 1) // columns
+    lines = 3 + len(baselines or {})
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(4.2 * columns, (3.2 + 0.45 * lines) * rows), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+
+    def bad(column, cause, fix=""):
+        return ValueError(f"{column}: {cause}")
+
+    for ax, index in zip(axes.flat, picks):
+        row = dataset[index]
+        ax.imshow(_load_image(row[image_column], image_column, bad))
+        label = [f"reference: {row[text_column]}", f"model: {predictions[index]}"]
+        label += [f"{name}: {texts[index]}" for name, texts in (baselines or {}).items()]
+        wrapped = "\n".join(textwrap.shorten(t, 80) for t in label)
+        ax.set_title(wrapped, fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -216,3 +216,75 @@ class MatchingDataArguments:
         },
     )
     rerank_top_k: int = 16
+
+
+@dataclass
+class GeneratorModelArguments:
+    """The generator (`model_type: gated_xattn`): a pretrained causal LM as the decoder and the two towers."""
+
+    model_type: str = field(default="gated_xattn", metadata={"help": "A generator family (`gated_xattn`)."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A saved generator folder or Hub id to fine-tune instead of a new one."},
+    )
+    text_decoder: str | None = field(
+        default="outputs/towers/smollm2-135m-instruct",
+        metadata={
+            "help": "A causal LM checkpoint (folder or Hub id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct)."
+        },
+    )
+    audio_tower: str | None = field(
+        default="outputs/towers/whisper-tiny-en", metadata={"help": "Audio tower."}
+    )
+    image_tower: str | None = field(
+        default="outputs/towers/efficientnet-lite0", metadata={"help": "Image tower."}
+    )
+    audio_window_seconds: float | None = field(default=5.0, metadata={"help": "Whisper encoder window (s)."})
+    model_config: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Fields of the family's config (num_latents, cross_attention_every, resampler_config...)."
+        },
+    )
+    use_lora: bool = field(default=True, metadata={"help": "Adapt the frozen decoder with PEFT LoRA."})
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    save_adapter: bool = field(
+        default=False, metadata={"help": "Also keep the PEFT adapter in output_dir/adapter (LoRA is merged)."}
+    )
+
+
+@dataclass
+class CaptioningDataArguments:
+    """Captioning (image or sound -> description) and open-ended VQA data for the generator."""
+
+    tasks: list[str] = field(
+        default_factory=lambda: ["image_captioning"],
+        metadata={
+            "help": "Any of image_captioning, audio_captioning, vqa (single-task batches interleaved)."
+        },
+    )
+    dataset_name: str | None = field(
+        default="outputs/data/stamps",
+        metadata={"help": "Captioning data: a `text` column with an `image` and/or a sound column."},
+    )
+    vqa_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A VQA dataset (question, answers, image), e.g. outputs/data/stamps_vqa."},
+    )
+    train_split: str = "train"
+    eval_split: str | None = "validation"
+    test_splits: list[str] = field(default_factory=lambda: ["test"])
+    text_column: str = "text"
+    image_column: str = "image"
+    audio_column: str = field(default="sound_effect", metadata={"help": "The sound described by `text`."})
+    question_column: str = "question"
+    answers_column: str = "answers"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_test_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first n test rows."}
+    )
+    max_new_tokens: int = field(default=24, metadata={"help": "Generation length at evaluation."})
+    num_beams: int = field(default=1, metadata={"help": "Beam search width at evaluation (1: greedy)."})
