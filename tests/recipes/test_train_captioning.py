@@ -86,12 +86,27 @@ def test_the_stock_pipeline_captions_and_answers_with_the_saved_folder(generator
     chat = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "what colour is it?"}]}]  # fmt: skip
     answer = captioner(text=chat, max_new_tokens=5)
     assert answer[0]["generated_text"][-1]["role"] == "assistant"
+    # a sound goes through the same pipeline as an audio item of the chat
+    wave = __import__("numpy").random.default_rng(0).standard_normal(16000).astype("float32") * 0.1
+    sound = [{"role": "user", "content": [{"type": "audio", "audio": wave, "sampling_rate": 16000}, {"type": "text", "text": "Describe the sound."}]}]  # fmt: skip
+    assert isinstance(captioner(text=sound, max_new_tokens=5)[0]["generated_text"][-1]["content"], str)
     # the pipeline gives what generate() gives on the processor's inputs
     processor, model = captioner.processor, captioner.model
     inputs = processor(images=[image], text=["Describe the image."])
     tokens = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     expected = processor.batch_decode(tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
     assert caption[0]["generated_text"] == expected
+
+
+def test_the_base_model_loads_from_a_generator_folder(generator_run):
+    from transformers import AutoModel, AutoModelForImageTextToText
+
+    output, _ = generator_run
+    base = AutoModel.from_pretrained(output, trust_remote_code=True)
+    full = AutoModelForImageTextToText.from_pretrained(output, trust_remote_code=True)
+    assert type(base).__name__ == "GatedXAttnModel"
+    for name, value in base.state_dict().items():
+        torch.testing.assert_close(value, full.model.state_dict()[name], rtol=0, atol=0)
 
 
 def test_evaluation_puts_the_baselines_beside_the_model(generator_run, assets, tmp_path):
