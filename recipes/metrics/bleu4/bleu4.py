@@ -14,7 +14,8 @@ counts clipped by the largest count in any one reference, divided by the number 
 BLEU-N = BP * (p_1 * ... * p_N)^(1/N), with the brevity penalty BP = exp(1 - r/c) when the total caption length c
 is below r, the sum over captions of the reference length closest to each caption's length (option "closest").
 As in the toolkit, 1e-15 is added to each clipped count and 1e-9 to each n-gram total (so a corpus without a
-matching 4-gram gets a tiny, not an undefined, BLEU-4). Captions are lower-cased and punctuation is removed first.
+matching 4-gram gets a tiny, not an undefined, BLEU-4). Captions and references are tokenized first as the toolkit does
+(lower-cased, split as its PTB tokenizer would, approximated by a regex; punctuation dropped).
 SPICE is not provided: its scorer downloads Stanford CoreNLP at run time, which cannot happen offline.
 """
 

@@ -16,7 +16,9 @@ references of the call, so a score depends on the corpus it is computed with). F
 similarity is sum_g min(c_g, r_g) r_g / (|c| |r|) (the caption's weights clipped by the reference's: repeating an
 n-gram does not pay), times the Gaussian length penalty exp(-(l_c - l_r)^2 / (2 * 6^2)); an item's score is the
 mean over n and over its references, times 10, and CIDEr-D the mean over items. As in the toolkit, the lengths in
-the penalty are the numbers of bigrams (words - 1). Captions are lower-cased and punctuation is removed first.
+the penalty are the numbers of bigrams (words - 1). With a single item, log(N) = 0 and every weight is 0: CIDEr-D
+is only meaningful over a corpus (the toolkit gives 0 too). Captions and references are tokenized first as the toolkit does
+(lower-cased, split as its PTB tokenizer would, approximated by a regex; punctuation dropped).
 SPICE is not provided: its scorer downloads Stanford CoreNLP at run time, which cannot happen offline.
 """
 
@@ -31,7 +33,9 @@ Returns:
 
 Examples:
     >>> cider_d = evaluate.load("path/to/cider_d")  # the folder holding this script
-    >>> cider_d.compute(predictions=["a red dog", "a cat"], references=[["a red dog"], ["a black cat"]])["cider_d"]
+    >>> result = cider_d.compute(predictions=["a red dog", "a cat"], references=[["a red dog"], ["a black cat"]])
+    >>> round(result["cider_d"], 4)  # (7.5 + 10 * (1 / sqrt(2)) / 4 * exp(-1 / 72)) / 2
+    4.6217
 """
 
 _CITATION = """\

@@ -11,12 +11,14 @@ aligned to a reference's in three stages (exact words, Porter stems, WordNet syn
 precision P = m / len(caption) and recall R = m / len(reference) give F = P R / (alpha P + (1 - alpha) R), and a
 fragmentation penalty gamma * (chunks / m)^beta (chunks: runs of aligned words in the same order in both) gives
 METEOR = F (1 - penalty), with alpha = 0.9, beta = 3, gamma = 0.5; with several references, the best. The result is
-the mean over captions. Captions are lower-cased and punctuation is removed first.
+the mean over captions. Captions and references are tokenized first as the toolkit does
+(lower-cased, split as its PTB tokenizer would, approximated by a regex; punctuation dropped).
 
 This is NLTK's METEOR, not the Java Meteor 1.5 of the COCO caption toolkit (which adds paraphrase matches, other
 parameters and its own tokenizer): the two differ, see the card. WordNet must be installed as NLTK data; the
 repository's setup copies it from Debian's `wordnet-base` (`python -m recipes.metrics.wordnet_data`); nothing is
-ever downloaded at run time. SPICE is not provided: its scorer downloads Stanford CoreNLP at run time, which cannot happen offline.
+ever downloaded at run time.
+SPICE is not provided: its scorer downloads Stanford CoreNLP at run time, which cannot happen offline.
 """
 
 _KWARGS_DESCRIPTION = """

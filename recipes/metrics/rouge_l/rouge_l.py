@@ -10,7 +10,9 @@ ROUGE-L (Lin, 2004) as the COCO caption evaluation toolkit (pycocoevalcap, `roug
 caption and each of its references, the length of their longest common subsequence of words (LCS) gives a
 precision LCS / len(caption) and a recall LCS / len(reference); with P and R the largest of each over the
 references, the caption scores ((1 + b^2) P R) / (R + b^2 P), b = 1.2 (0 when P or R is 0). The result is the mean
-over captions. Captions are lower-cased and punctuation is removed first. SPICE is not provided: its scorer downloads Stanford CoreNLP at run time, which cannot happen offline.
+over captions. Captions and references are tokenized first as the toolkit does
+(lower-cased, split as its PTB tokenizer would, approximated by a regex; punctuation dropped).
+SPICE is not provided: its scorer downloads Stanford CoreNLP at run time, which cannot happen offline.
 """
 
 _KWARGS_DESCRIPTION = """
