@@ -374,6 +374,10 @@ def build_model_card(
         else {}
     )
     model_type = config.get("model_type", "?")
+    if model_type == "gated_xattn":
+        from model_cards.generator import build_generator_card
+
+        return build_generator_card(run_dir, model_id, dataset_id=dataset_id, license=license)
     family = FAMILIES.get(model_type)
     if family is None:
         raise CardError(f"No card layout for model_type {model_type!r}; the zoo has {sorted(FAMILIES)}.")

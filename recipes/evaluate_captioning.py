@@ -128,6 +128,10 @@ def main(argv=None) -> dict:
 
     payload = {"model": args.model, "split": args.split, "results": results}
     (output_dir / "captioning_results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if output_dir.resolve() == Path(args.model).resolve() and (output_dir / "eval_results.json").exists():
+        from model_cards import write_model_card
+
+        write_model_card(output_dir)  # the card shows the baselines beside the model now
     table = format_generation_results(results)
     (output_dir / "captioning_results.md").write_text(table + "\n")
     print(table)

@@ -257,6 +257,12 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
                     output_dir / "examples.png", image_column=data_args.image_column,
                     text_column=data_args.text_column,
                 )  # fmt: skip
+        from model_cards import CardError, write_model_card
+
+        try:
+            logger.info("Model card: %s", write_model_card(output_dir))
+        except CardError as error:
+            logger.warning("No model card: %s", error)
         logger.info(
             "Run finished in %.0f s; model and results in %s", time.perf_counter() - started, output_dir
         )

@@ -50,6 +50,9 @@ if [[ ! -f $stamp ]]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# SmolLM2-135M-Instruct, the generator family's decoder: its GGUF file becomes a safetensors folder once (~25 s, then a
+# cache hit) in outputs/towers/smollm2-135m-instruct (never committed).
+.venv/bin/python -m recipes.towers --output_dir outputs/towers --decoder 2>&1 | tail -n 1
 # WordNet as NLTK data (METEOR), copied from the Debian packages: a no-op once done.
 .venv/bin/python -m recipes.metrics.wordnet_data --nltk_data .venv/nltk_data >/dev/null
 echo "[setup] ready: $(.venv/bin/python -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")')"

@@ -65,6 +65,19 @@ def test_a_multitask_run_trains_and_scores_every_task(generator_run):
     assert "image_captioning" in result.stdout and "cider_d" in result.stdout
 
 
+def test_the_run_folder_has_a_model_card_with_the_measured_figures(generator_run):
+    from huggingface_hub import ModelCard
+
+    output, _ = generator_run
+    card = ModelCard.load(output / "README.md")
+    results = json.loads((output / "eval_results.json").read_text())["results"]["test"]
+    index = {(r.task_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert index[("image-to-text", "cider_d")] == pytest.approx(results["image_captioning"]["cider_d"])
+    assert index[("audio-text-to-text", "bleu_4")] == pytest.approx(results["audio_captioning"]["bleu_4"])
+    assert index[("visual-question-answering", "accuracy")] == pytest.approx(results["vqa"]["accuracy"])
+    assert card.data.pipeline_tag == "image-text-to-text" and "image-text-to-text" in card.text
+
+
 def test_training_moves_the_gates_and_the_saved_folder_reloads(generator_run):
     from transformers import AutoModelForImageTextToText
 
