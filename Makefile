@@ -17,6 +17,11 @@ test: setup
 space: setup
 	GRADIO_ANALYTICS_ENABLED=False $(PY) spaces/cman-retrieval/app.py $(SPACE_ARGS)
 
+# The captioning / VQA Space on http://127.0.0.1:7860 over outputs/captioning/gated_xattn (recipes/train_captioning.py).
+.PHONY: space-captioning
+space-captioning: setup
+	GRADIO_ANALYTICS_ENABLED=False $(PY) spaces/captioning-vqa/app.py $(SPACE_ARGS)
+
 test-slow: setup
 	RUN_SLOW=1 $(PY) -m pytest -q -p no:cacheprovider
 

@@ -77,3 +77,52 @@ def artifacts_dir():
     folder = os.environ.get("TEST_ARTIFACTS_DIR") or str(REPO / "outputs" / "test-artifacts")
     os.makedirs(folder, exist_ok=True)
     return folder
+
+
+def save_tiny_captioning_model(folder) -> None:
+    """A random tiny generator of the gated cross-attention family with its processor, saved to `folder`. Its head is
+    untied from the embeddings (a tied random head repeats the prompt's last token, a newline: an empty caption) and
+    its gates are opened (tanh(1)), so it writes visible tokens that depend on the image or the sound."""
+    from pathlib import Path
+
+    import torch
+
+    from modeling.gated_xattn import GatedXAttnForConditionalGeneration
+    from tests.tiny import tiny_decoder_config, tiny_gated_xattn_config, tiny_gated_xattn_processor
+
+    torch.manual_seed(0)
+    config = tiny_gated_xattn_config(
+        text_config=tiny_decoder_config(tie_word_embeddings=False), tie_word_embeddings=False
+    )
+    model = GatedXAttnForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_gate"):
+                parameter.fill_(1.0)
+    model.save_pretrained(folder)
+    tiny_gated_xattn_processor(Path(folder).parent / "processor_parts").save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def captioning_space(tmp_path_factory):
+    """`{"url", "log", "cache", "model", "dataset"}` of a running captioning / VQA Space over a tiny random generator,
+    with examples from the tiny tri-modal dataset's `test` split (its sounds are in the `audio` column)."""
+    from tests.tiny import save_tiny_retrieval_dataset
+
+    root = tmp_path_factory.mktemp("captioning_space")
+    save_tiny_captioning_model(root / "model")
+    dataset = save_tiny_retrieval_dataset(root / "dataset")
+    log = root / "space.log"
+    process, url = start_space(
+        "spaces/captioning-vqa/app.py",
+        ["--model", str(root / "model"), "--dataset", str(dataset), "--split", "test", "--audio_column", "audio",
+         "--cache_dir", str(root / "cache"), "--concurrency", "1"],
+        log,
+    )  # fmt: skip
+    yield {"url": url, "log": log, "cache": root / "cache", "model": root / "model", "dataset": dataset,
+           "process": process}  # fmt: skip
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
