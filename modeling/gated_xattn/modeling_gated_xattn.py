@@ -48,6 +48,17 @@ DECODER_LORA_TARGETS = {
 }
 DEFAULT_DECODER_LORA_TARGETS = ("q_proj", "v_proj")  # Llama, Mistral, Qwen2, Gemma, SmolLM, Phi-3 ...
 MEDIA_INPUTS = ("pixel_values", "input_features", "input_values", "audio_attention_mask", "media_latents")
+#: The keyword argument that carries a call's media through the decoder to the gated blocks' hooks.
+MEDIA_KWARG = "gated_xattn_media"
+
+
+@dataclass
+class MediaForLayers:
+    """What one call hands the gated blocks: the latents, and a list collecting their attentions when asked."""
+
+    latents: torch.Tensor
+    attentions: list[torch.Tensor] | None = None
+    blocks_run: int = 0
 
 
 @dataclass
@@ -270,8 +281,8 @@ class GatedXAttnModel(TowersMixin, GatedXAttnPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         # The blocks run as forward pre-hooks of the decoder's own layers: the decoder's modules keep their names
         # (so pretrained weights and LoRA targets are the checkpoint's) and any causal LM's layer loop drives them.
-        self._media_latents: torch.Tensor | None = None
-        self._cross_attentions: list[torch.Tensor] | None = None
+        # The media reach the hooks as a keyword argument of the call (`MEDIA_KWARG`), which transformers' decoders
+        # hand on to every layer: nothing of a call is kept on the model, so calls on several threads do not mix.
         layers = decoder_layers(self.language_model, config.text_config.num_hidden_layers)
         for index in config.cross_attention_layers:
             layers[index].register_forward_pre_hook(self._cross_attention_hook(index), with_kwargs=True)
@@ -284,17 +295,19 @@ class GatedXAttnModel(TowersMixin, GatedXAttnPreTrainedModel):
 
     def _cross_attention_hook(self, index: int):
         def hook(module, args, kwargs):
-            if self._media_latents is None:
-                return None
+            media = kwargs.pop(MEDIA_KWARG, None)
+            if media is None:
+                return args, kwargs
             if args:
                 hidden_states, args = args[0], args[1:]
             else:
                 hidden_states = kwargs.pop("hidden_states")
             hidden_states, weights = self.gated_cross_attention(
-                index, hidden_states, self._media_latents, self._cross_attentions is not None
+                index, hidden_states, media.latents, media.attentions is not None
             )
-            if self._cross_attentions is not None:
-                self._cross_attentions.append(weights)
+            media.blocks_run += 1
+            if media.attentions is not None:
+                media.attentions.append(weights)
             return (hidden_states, *args), kwargs
 
         return hook
@@ -405,24 +418,31 @@ class GatedXAttnModel(TowersMixin, GatedXAttnPreTrainedModel):
             # Left padding (as the processor pads for generation) must not shift the positions of a row.
             past = cache.get_seq_length() if cache is not None else 0
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-        self._media_latents = media_latents
-        self._cross_attentions = [] if output_attentions and media_latents is not None else None
-        try:
-            outputs = self.language_model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                inputs_embeds=inputs_embeds,
-                use_cache=use_cache,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=True,
-            )
-            cross_attentions = tuple(self._cross_attentions) if self._cross_attentions is not None else None
-        finally:
-            self._media_latents = None
-            self._cross_attentions = None
+        media = None
+        if media_latents is not None:
+            media = MediaForLayers(media_latents, [] if output_attentions else None)
+        outputs = self.language_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **({MEDIA_KWARG: media} if media is not None else {}),
+        )
+        cross_attentions = None
+        if media is not None:
+            if media.blocks_run != len(self.config.cross_attention_layers):
+                raise RuntimeError(
+                    f"{type(self.language_model).__name__} ran {media.blocks_run} of the "
+                    f"{len(self.config.cross_attention_layers)} gated blocks: its forward does not hand its keyword "
+                    "arguments on to its layers, so the media cannot reach them. Use a decoder that does (Llama, "
+                    "Mistral, Qwen2, GPT-2, ... in transformers 5)."
+                )
+            cross_attentions = tuple(media.attentions) if media.attentions is not None else None
         output = GatedXAttnModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             cache=outputs.get("cache"),

@@ -56,8 +56,9 @@ class Examples:
 
 class CaptioningService:
     """Load a generator (folder or Hub id) and its processor once; caption images and sounds and answer questions.
-    Thread-safe: one generation runs at a time on the model (the model keeps the media of the running call on
-    itself; the web server queues the rest)."""
+    Thread-safe: one generation runs at a time on the model (two at once on two CPU cores only slow each other
+    down); the web server queues the rest.
+    """
 
     def __init__(
         self,

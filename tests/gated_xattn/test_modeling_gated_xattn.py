@@ -314,3 +314,35 @@ def test_any_causal_lm_checkpoint_becomes_the_decoder(tmp_path, decoder):
     )
     assert torch.equal(model.generate(**inputs, **kwargs), expected)
     assert any(name.endswith(("q_proj", "c_attn")) for name in model.lora_target_modules())
+
+
+def test_calls_on_several_threads_do_not_mix_their_media():
+    """Nothing of a call is kept on the model (the media travel as an argument through the decoder): a Space serving
+    several requests at once gets each request's own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = varied_generator()
+    requests = [generator_inputs(model.config, batch_size=2, seed=seed, labels=False) for seed in range(8)]
+    with torch.no_grad():
+        expected = [model(**inputs).logits for inputs in requests]
+
+        def run(inputs):
+            return model(**inputs).logits
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for _ in range(3):
+                for got, want in zip(pool.map(run, requests), expected):
+                    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_a_decoder_that_does_not_hand_kwargs_to_its_layers_is_an_error():
+    model = GatedXAttnModel(tiny_gated_xattn_config()).eval()
+    inputs = generator_inputs(model.config, labels=False)
+    original = model.language_model.forward
+
+    def forward_dropping_kwargs(*args, gated_xattn_media=None, **kwargs):
+        return original(*args, **kwargs)
+
+    model.language_model.forward = forward_dropping_kwargs
+    with pytest.raises(RuntimeError, match="ran 0 of the 2 gated blocks"):
+        model(**inputs)
