@@ -35,10 +35,10 @@ from recipes.evaluation.generation import evaluate_generation, task_columns  # n
 from recipes.train_retrieval import redact_secrets  # noqa: E402
 from recipes.training.arguments import (  # noqa: E402
     CaptioningDataArguments,
+    CaptioningTrainingArguments,
     GeneratorModelArguments,
-    RecipeTrainingArguments,
 )
-from recipes.training.matching import MatchingTrainer  # noqa: E402
+from recipes.training.generation import GeneratorTrainer  # noqa: E402
 from recipes.training.trainer import (  # noqa: E402
     FrozenPrefixCacheCallback,
     JsonlLogCallback,
@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_recipe_arguments(
-        (GeneratorModelArguments, CaptioningDataArguments, RecipeTrainingArguments), argv
+        (GeneratorModelArguments, CaptioningDataArguments, CaptioningTrainingArguments), argv
     )
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,7 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
         prefix_cache = FrozenPrefixCache(cache_dir / "frozen_prefix")
         unwrap_model(model).enable_frozen_prefix_cache(prefix_cache)
         callbacks.append(FrozenPrefixCacheCallback(prefix_cache))
-    trainer = MatchingTrainer(
+    trainer = GeneratorTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,

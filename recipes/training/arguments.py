@@ -219,6 +219,18 @@ class MatchingDataArguments:
 
 
 @dataclass
+class CaptioningTrainingArguments(RecipeTrainingArguments):
+    """The recipe's training arguments plus the gates' own learning rate."""
+
+    gate_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the gated blocks' tanh gates (no weight decay); default: learning_rate."
+        },
+    )
+
+
+@dataclass
 class GeneratorModelArguments:
     """The generator (`model_type: gated_xattn`): a pretrained causal LM as the decoder and the two towers."""
 

@@ -172,3 +172,24 @@ def test_a_row_without_its_sound_is_an_error_naming_it(tmp_path):
     collator = GenerationCollator(processor, "audio_captioning", media_column="sound")
     with pytest.raises(Exception, match="Row dog-3.*'sound'.*no sound"):
         collator([{"id": "dog-3", "text": "a dog barks", "sound": None}])
+
+
+def test_the_gates_get_their_own_learning_rate_and_no_weight_decay(tmp_path):
+    from modeling.gated_xattn import GatedXAttnForConditionalGeneration
+    from recipes.training.arguments import CaptioningTrainingArguments
+    from recipes.training.generation import GeneratorTrainer
+    from tests.tiny import tiny_gated_xattn_config
+
+    model = GatedXAttnForConditionalGeneration(tiny_gated_xattn_config())
+    args = CaptioningTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1,
+                                       gate_learning_rate=0.05, use_cpu=True, report_to="none")  # fmt: skip
+    optimizer = GeneratorTrainer(model=model, args=args).create_optimizer()
+    gates = {id(p) for n, p in model.named_parameters() if n.endswith(("attention_gate", "ffn_gate"))}
+    assert len(gates) == 4
+    (gate_group,) = [g for g in optimizer.param_groups if {id(p) for p in g["params"]} & gates]
+    assert {id(p) for p in gate_group["params"]} == gates
+    assert gate_group["lr"] == 0.05 and gate_group["weight_decay"] == 0.0
+    others = [p for g in optimizer.param_groups if g is not gate_group for p in g["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(others) + len(gates) == len(trainable)
+    assert all(g["lr"] == 1e-3 for g in optimizer.param_groups if g is not gate_group)
