@@ -7,7 +7,7 @@ answer classifiers with chance (benchmarks/matching_vqa.py).
     python benchmarks/captioning.py --fresh    # retrain
 
 The run is `recipes/train_captioning.py recipes/configs/gated_xattn_captioning.yaml` under `accelerate launch`
-(image and sound captioning and VQA answers interleaved, 3 epochs, batch 16, lr 5e-4, gates 1e-2); a folder that already holds
+(image and sound captioning and VQA answers interleaved, 2 epochs, batch 16, lr 5e-4); a folder that already holds
 `eval_results.json` from the same command and config text is not trained again. The decoder folder and the VQA
 dataset are built first when missing; the retrieval baseline needs `outputs/demo` (`make demo`) and the VQA
 classifier rows `outputs/vqa/matching_vqa.json` (`python benchmarks/matching_vqa.py`); a missing one leaves its rows
