@@ -68,21 +68,9 @@ class GatedXAttnProcessor(CrossModalProcessor):
     def from_pretrained_parts(
         cls, text, audio, image, *, audio_window_seconds: float | None = None, **kwargs
     ):
-        """Assemble the processor from the decoder's tokenizer and the two towers' preprocessing (Hub ids or
-        folders); `audio_window_seconds` as the config's."""
-        from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
-
-        from .processing import whisper_window_feature_extractor
-
-        feature_extractor = AutoFeatureExtractor.from_pretrained(audio)
-        if audio_window_seconds is not None:
-            feature_extractor = whisper_window_feature_extractor(feature_extractor, audio_window_seconds)
-        return cls(
-            tokenizer=AutoTokenizer.from_pretrained(text),
-            feature_extractor=feature_extractor,
-            image_processor=AutoImageProcessor.from_pretrained(image),
-            **kwargs,
-        )
+        """Assemble the processor from the decoder's tokenizer (`text`) and the two towers' preprocessing (Hub ids or
+        folders), as [`CrossModalProcessor.from_towers`] does; `audio_window_seconds` as the config's."""
+        return cls.from_towers(text, audio, image, audio_window_seconds=audio_window_seconds, **kwargs)
 
     @property
     def model_input_names(self) -> list[str]:
