@@ -44,7 +44,7 @@ from recipes.training.trainer import (  # noqa: E402
     JsonlLogCallback,
     configure_run_logging,
     default_cache_dir,
-    last_complete_checkpoint,
+    run_training,
     save_final_model,
 )
 from recipes.utils.arguments import parse_recipe_arguments  # noqa: E402
@@ -205,19 +205,7 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
         eval_data_collator=collators[eval_task],
         callbacks=callbacks,
     )
-    resume = training_args.resume_from_checkpoint
-    if resume is None and training_args.auto_resume:
-        resume = last_complete_checkpoint(output_dir)
-        if resume:
-            logger.info("Resuming from the last complete checkpoint in output_dir: %s", resume)
-    training = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.perf_counter() - training
-    if prefix_cache is not None:
-        unwrap_model(trainer.model).enable_frozen_prefix_cache(None)
-    trainer.save_state()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    train_result, train_seconds = run_training(trainer, output_dir, prefix_cache)
 
     results: dict = {"train": train_result.metrics}
     if trainer.is_world_process_zero():

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +275,24 @@ def save_final_model(model, processor, output_dir: Path, save_adapter: bool = Fa
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return model
+
+
+def run_training(trainer: Trainer, output_dir: Path, prefix_cache=None):
+    """Train (with `auto_resume`, from the last complete checkpoint in `output_dir` unless `resume_from_checkpoint`
+    is given), stop reading the frozen-prefix cache, save the trainer state and the train metrics. Returns the
+    `TrainOutput` and the training's wall time in seconds."""
+    args = trainer.args
+    resume = args.resume_from_checkpoint
+    if resume is None and getattr(args, "auto_resume", False):
+        resume = last_complete_checkpoint(output_dir)
+        if resume:
+            logger.info("Resuming from the last complete checkpoint in output_dir: %s", resume)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    if prefix_cache is not None:
+        unwrap_model(trainer.model).enable_frozen_prefix_cache(None)
+    trainer.save_state()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    return result, seconds

@@ -193,3 +193,27 @@ def test_the_gates_get_their_own_learning_rate_and_no_weight_decay(tmp_path):
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(others) + len(gates) == len(trainable)
     assert all(g["lr"] == 1e-3 for g in optimizer.param_groups if g is not gate_group)
+
+
+def test_a_second_run_on_the_folder_resumes_from_its_last_checkpoint(generator_run, assets, tmp_path):
+    """Two epochs done; asked for three, the run continues from the epoch-2 checkpoint instead of starting over."""
+    import shutil
+
+    output, _ = generator_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(output, resumed)
+    result = run(
+        "recipes/train_captioning.py", TINY_GENERATOR, "--text_decoder", assets["decoder"], "--audio_tower",
+        assets["audio"], "--image_tower", assets["image"], "--dataset_name", assets["captions"],
+        "--vqa_dataset_name", assets["vqa"], "--output_dir", resumed, "--num_train_epochs", 3,
+    )  # fmt: skip
+    assert "Resuming from the last complete checkpoint" in result.stdout + result.stderr
+    state = json.loads((resumed / "trainer_state.json").read_text())
+    steps_per_epoch = (16 + 16 + 24) // 4
+    assert state["global_step"] == 3 * steps_per_epoch
+    losses = [line for line in state["log_history"] if "loss" in line and "eval_loss" not in line]
+    assert len(losses) == 3 * steps_per_epoch  # every step logged once: nothing was trained twice
+    # train_log.jsonl is appended to: the second run trained the third epoch only
+    logged = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
+    steps = [line["step"] for line in logged if "loss" in line and "eval_loss" not in line]
+    assert steps == list(range(1, 3 * steps_per_epoch + 1))
