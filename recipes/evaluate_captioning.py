@@ -24,12 +24,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from recipes.data.captioning import limit_rows, load_task_splits, task_columns  # noqa: E402
 from recipes.evaluation.generation import (  # noqa: E402
     evaluate_generation,
     format_generation_results,
     frozen_decoder_baseline,
     retrieval_caption_baseline,
-    task_columns,
 )
 from recipes.training.arguments import CaptioningDataArguments  # noqa: E402
 
@@ -78,8 +78,6 @@ def main(argv=None) -> dict:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from recipes.train_captioning import load_task_splits
-
     settings = run_settings(args.model)
     data = CaptioningDataArguments(**{k: v for k, v in settings.get("data", {}).items()
                                       if k in CaptioningDataArguments.__dataclass_fields__})  # fmt: skip
@@ -96,9 +94,7 @@ def main(argv=None) -> dict:
     decoder = args.decoder or settings.get("model", {}).get("text_decoder")
     results: dict = {}
     for task in data.tasks:
-        test = splits[task][args.split]
-        if args.max_test_samples:
-            test = test.select(range(min(args.max_test_samples, len(test))))
+        test = splits[task][args.split] = limit_rows(splits[task][args.split], args.max_test_samples)
         columns = task_columns(task, data)
         rows = results.setdefault(task, {})
         with torch.inference_mode():
@@ -139,9 +135,7 @@ def main(argv=None) -> dict:
         from recipes.evaluation.plots import plot_caption_examples
 
         rows = results["image_captioning"]
-        test = splits["image_captioning"][args.split]
-        if args.max_test_samples:
-            test = test.select(range(min(args.max_test_samples, len(test))))
+        test = splits["image_captioning"][args.split]  # limited above
         baselines = {
             name: r["predictions"]
             for name, r in rows.items()

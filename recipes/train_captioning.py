@@ -28,10 +28,15 @@ if __package__ in (None, ""):  # run as a script (e.g. by accelerate launch): ma
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling.common.towers import FrozenPrefixCache  # noqa: E402
-from recipes.data.captioning import GENERATION_TASKS, GenerationCollator, rows_with  # noqa: E402
+from recipes.data.captioning import (  # noqa: E402
+    GENERATION_TASKS,
+    GenerationCollator,
+    limit_rows,
+    load_task_splits,
+    task_columns,
+)
 from recipes.data.matching import MultiTaskDataset  # noqa: E402
-from recipes.data.retrieval import RetrievalColumns, load_retrieval_dataset, prepare_for_lazy_decoding  # noqa: E402
-from recipes.evaluation.generation import evaluate_generation, task_columns  # noqa: E402
+from recipes.evaluation.generation import evaluate_generation  # noqa: E402
 from recipes.train_retrieval import redact_secrets  # noqa: E402
 from recipes.training.arguments import (  # noqa: E402
     CaptioningDataArguments,
@@ -111,43 +116,6 @@ def check_data_arguments(args: CaptioningDataArguments) -> None:
         raise ValueError("Captioning needs `dataset_name` (e.g. outputs/data/stamps).")
 
 
-def load_task_splits(args: CaptioningDataArguments) -> dict[str, dict]:
-    """`{task: {split: dataset}}` with only each task's columns, media left undecoded (the collator decodes them)."""
-    wanted = [s for s in (args.train_split, args.eval_split, *args.test_splits) if s]
-    sources: dict[str, object] = {}
-    splits: dict[str, dict] = {}
-    for task in args.tasks:
-        name = args.vqa_dataset_name if task == "vqa" else args.dataset_name
-        if name not in sources:
-            sources[name] = load_retrieval_dataset(name)
-        dataset = sources[name]
-        missing = [s for s in wanted if s not in dataset]
-        if missing:
-            raise ValueError(f"{name} has no split(s) {missing}; it has {sorted(dataset)}.")
-        columns = task_columns(task, args)
-        wanted_columns = [c for c in columns.values()] + [c for c in ("id", "question_id", "answer_type")
-                                                           if c in dataset[args.train_split].column_names]  # fmt: skip
-        absent = [c for c in wanted_columns if c not in dataset[args.train_split].column_names]
-        if absent:
-            raise ValueError(
-                f"{name} has no column(s) {absent} for {task}; it has {dataset[args.train_split].column_names}."
-            )
-        media = columns["media_column"]
-        layout = RetrievalColumns(text=None, audio=media if task == "audio_captioning" else None,
-                                  image=None if task == "audio_captioning" else media, id=None)  # fmt: skip
-        splits[task] = {}
-        for split in wanted:
-            part = dataset[split].select_columns(list(dict.fromkeys(wanted_columns)))
-            if task == "audio_captioning":
-                part = rows_with(part, media)
-            splits[task][split] = prepare_for_lazy_decoding(part, layout)
-    return splits
-
-
-def _limit(dataset, count: int | None):
-    return dataset.select(range(min(count, len(dataset)))) if count else dataset
-
-
 def _train(model_args, data_args, training_args, command: list[str]) -> dict:
     output_dir = Path(training_args.output_dir)
     configure_run_logging(training_args, output_dir)
@@ -172,7 +140,8 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
         task: GenerationCollator(processor, task, **task_columns(task, data_args)) for task in data_args.tasks
     }
     train = {
-        task: _limit(splits[task][data_args.train_split], data_args.max_train_samples) for task in collators
+        task: limit_rows(splits[task][data_args.train_split], data_args.max_train_samples)
+        for task in collators
     }
     if len(train) > 1:
         from recipes.data.matching import MultiTaskCollator
@@ -184,7 +153,7 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
     eval_task = data_args.tasks[0]  # validation loss of the first task picks the best epoch
     eval_dataset = None
     if data_args.eval_split:
-        eval_dataset = _limit(splits[eval_task][data_args.eval_split], data_args.max_eval_samples)
+        eval_dataset = limit_rows(splits[eval_task][data_args.eval_split], data_args.max_eval_samples)
     training_args.label_names = ["labels"]
     training_args.prediction_loss_only = True
     if training_args.metric_for_best_model in (None, "loss"):
@@ -241,7 +210,7 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
             if "image_captioning" in splits and data_args.test_splits:
                 split = data_args.test_splits[0]
                 plot_caption_examples(
-                    _limit(splits["image_captioning"][split], data_args.max_test_samples), results["test"][split]["image_captioning"]["predictions"],
+                    limit_rows(splits["image_captioning"][split], data_args.max_test_samples), results["test"][split]["image_captioning"]["predictions"],
                     output_dir / "examples.png", image_column=data_args.image_column,
                     text_column=data_args.text_column,
                 )  # fmt: skip
@@ -267,7 +236,7 @@ def evaluate_run(model, processor, data_args, splits: dict, batch_size: int) -> 
             task: evaluate_generation(
                 model,
                 processor,
-                _limit(splits[task][split], data_args.max_test_samples),
+                limit_rows(splits[task][split], data_args.max_test_samples),
                 task,
                 task_columns(task, data_args),
                 batch_size,

@@ -219,6 +219,22 @@ class GatedXAttnPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["GatedXAttnBlock", "PerceiverResamplerLayer"]
     _can_compile_fullgraph = False
+    #: `{auto class: model class name}` written into every saved folder's `auto_map` (the base model and the generator).
+    auto_classes = AUTO_CLASSES
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self._auto_class is not None:  # any saved folder loads into the model and the generator
+            module = type(self).__module__.split(".")[-1]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                **{auto: f"{module}.{name}" for auto, name in self.auto_classes.items()},
+            }
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    def parameter_table(self) -> str:
+        """A Markdown table of total / trainable / LoRA parameters per component of the base model."""
+        base = self.model if isinstance(self, GatedXAttnForConditionalGeneration) else self
+        return format_parameter_table(parameter_counts(base, PARAMETER_GROUPS))
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -261,8 +277,6 @@ class GatedXAttnModel(TowersMixin, GatedXAttnPreTrainedModel):
     """
 
     tower_attributes = {"audio": "audio_model", "image": "image_model"}
-    parameter_groups = PARAMETER_GROUPS
-    auto_classes = AUTO_CLASSES
 
     def __init__(self, config: GatedXAttnConfig):
         super().__init__(config)
@@ -334,19 +348,6 @@ class GatedXAttnModel(TowersMixin, GatedXAttnPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
-
-    def parameter_table(self) -> str:
-        """A Markdown table of total / trainable / LoRA parameters per component."""
-        return format_parameter_table(parameter_counts(self, self.parameter_groups))
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if self._auto_class is not None:  # any saved folder loads into the model and the generator
-            module = type(self).__module__.split(".")[-1]
-            self.config.auto_map = {
-                **(getattr(self.config, "auto_map", None) or {}),
-                **{auto: f"{module}.{name}" for auto, name in self.auto_classes.items()},
-            }
-        super().save_pretrained(save_directory, *args, **kwargs)
 
     # --------------------------------------------------------------------------------------------------- media
     def get_media_latents(
@@ -466,7 +467,6 @@ class GatedXAttnForConditionalGeneration(GatedXAttnPreTrainedModel, GenerationMi
     """
 
     accepts_loss_kwargs = False
-    auto_classes = AUTO_CLASSES
 
     def __init__(self, config: GatedXAttnConfig):
         super().__init__(config)
@@ -499,18 +499,6 @@ class GatedXAttnForConditionalGeneration(GatedXAttnPreTrainedModel, GenerationMi
 
     lora_config = TowersMixin.lora_config
     apply_lora = TowersMixin.apply_lora
-
-    def parameter_table(self) -> str:
-        return format_parameter_table(parameter_counts(self.model, self.model.parameter_groups))
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if self._auto_class is not None:
-            module = type(self).__module__.split(".")[-1]
-            self.config.auto_map = {
-                **(getattr(self.config, "auto_map", None) or {}),
-                **{auto: f"{module}.{name}" for auto, name in self.auto_classes.items()},
-            }
-        super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()

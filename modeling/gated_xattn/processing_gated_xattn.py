@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 
-from .processing import CrossModalProcessor
+from .processing import TEXT_KWARGS, CrossModalProcessor
 
 #: What a row is asked when no prompt is given, by media.
 DEFAULT_PROMPTS = {"image": "Describe the image.", "audio": "Describe the sound.", "none": "Describe it."}
@@ -137,7 +137,7 @@ class GatedXAttnProcessor(CrossModalProcessor):
                     raise ValueError(
                         f"Got {len(prompts)} prompts for {rows} images or clips; give one per row."
                     )
-        unknown = sorted(set(kwargs) - {"padding", "truncation", "max_length", "pad_to_multiple_of"})
+        unknown = sorted(set(kwargs) - set(TEXT_KWARGS))
         if unknown:
             raise TypeError(
                 f"{type(self).__name__}() got unexpected keyword argument(s) {unknown}; it takes text=, audio=, "

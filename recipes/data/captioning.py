@@ -22,7 +22,14 @@ import numpy as np
 import torch
 import torchaudio
 
-from recipes.data.retrieval import BadRowError, _decode_audio, _load_image
+from recipes.data.retrieval import (
+    BadRowError,
+    RetrievalColumns,
+    _decode_audio,
+    _load_image,
+    load_retrieval_dataset,
+    prepare_for_lazy_decoding,
+)
 
 GENERATION_TASKS = ("image_captioning", "audio_captioning", "vqa")
 #: The media each task reads.
@@ -42,6 +49,54 @@ def rows_with(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
     """The rows whose `column` holds something (e.g. the stamps that have a sound effect)."""
     keep = [i for i, value in enumerate(dataset.select_columns([column])[column]) if value is not None]
     return dataset.select(keep)
+
+
+def task_columns(task: str, args) -> dict:
+    """The collator's columns for `task` from a `CaptioningDataArguments`."""
+    if task == "vqa":
+        return {"text_column": args.question_column, "answers_column": args.answers_column,
+                "media_column": args.image_column}  # fmt: skip
+    media = args.image_column if TASK_MEDIA[task] == "image" else args.audio_column
+    return {"text_column": args.text_column, "media_column": media}
+
+
+def load_task_splits(args) -> dict[str, dict]:
+    """`{task: {split: dataset}}` for a `CaptioningDataArguments`, with only each task's columns and the media left
+    undecoded (the collator decodes them)."""
+    wanted = [s for s in (args.train_split, args.eval_split, *args.test_splits) if s]
+    sources: dict[str, object] = {}
+    splits: dict[str, dict] = {}
+    for task in args.tasks:
+        name = args.vqa_dataset_name if task == "vqa" else args.dataset_name
+        if name not in sources:
+            sources[name] = load_retrieval_dataset(name)
+        dataset = sources[name]
+        missing = [s for s in wanted if s not in dataset]
+        if missing:
+            raise ValueError(f"{name} has no split(s) {missing}; it has {sorted(dataset)}.")
+        columns = task_columns(task, args)
+        wanted_columns = [c for c in columns.values()] + [c for c in ("id", "question_id", "answer_type")
+                                                           if c in dataset[args.train_split].column_names]  # fmt: skip
+        absent = [c for c in wanted_columns if c not in dataset[args.train_split].column_names]
+        if absent:
+            raise ValueError(
+                f"{name} has no column(s) {absent} for {task}; it has {dataset[args.train_split].column_names}."
+            )
+        media = columns["media_column"]
+        layout = RetrievalColumns(text=None, audio=media if task == "audio_captioning" else None,
+                                  image=None if task == "audio_captioning" else media, id=None)  # fmt: skip
+        splits[task] = {}
+        for split in wanted:
+            part = dataset[split].select_columns(list(dict.fromkeys(wanted_columns)))
+            if task == "audio_captioning":
+                part = rows_with(part, media)
+            splits[task][split] = prepare_for_lazy_decoding(part, layout)
+    return splits
+
+
+def limit_rows(dataset, count: int | None):
+    """The first `count` rows (all of them when `count` is None)."""
+    return dataset.select(range(min(count, len(dataset)))) if count else dataset
 
 
 @dataclass
@@ -119,4 +174,13 @@ class GenerationCollator:
         return dict(batch)
 
 
-__all__ = ["GENERATION_TASKS", "GenerationCollator", "TASK_MEDIA", "most_common_answer", "rows_with"]
+__all__ = [
+    "GENERATION_TASKS",
+    "GenerationCollator",
+    "TASK_MEDIA",
+    "limit_rows",
+    "load_task_splits",
+    "most_common_answer",
+    "rows_with",
+    "task_columns",
+]

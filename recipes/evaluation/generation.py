@@ -9,11 +9,11 @@ captioning metrics (BLEU-4, METEOR, ROUGE-L, CIDEr-D) and VQA accuracy, beside t
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
 import datasets
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -21,19 +21,6 @@ from recipes.data.captioning import TASK_MEDIA, GenerationCollator
 from recipes.evaluation.vqa import vqa_accuracy
 
 logger = logging.getLogger(__name__)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def task_columns(task: str, args) -> dict:
-    """The collator's columns for `task` from a `CaptioningDataArguments`."""
-    if task == "vqa":
-        return {"text_column": args.question_column, "answers_column": args.answers_column,
-                "media_column": args.image_column}  # fmt: skip
-    media = args.image_column if TASK_MEDIA[task] == "image" else args.audio_column
-    return {"text_column": args.text_column, "media_column": media}
 
 
 @torch.no_grad()
@@ -66,7 +53,7 @@ def generate_texts(
             batch = processor(text=prompts or [default] * len(rows), return_tensors="pt")
         else:
             batch = collator(rows)
-        batch = {k: v.to(_device(model)) for k, v in batch.items()}
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         generated = model.generate(
             **batch, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, eos_token_id=eos,
             pad_token_id=processor.tokenizer.pad_token_id,
@@ -121,14 +108,28 @@ def _prompts(dataset, task, columns) -> list[str | None]:
 
 
 # ------------------------------------------------------------------------------------------------ baselines
+@functools.lru_cache(maxsize=2)
+def load_decoder(name_or_path: str):
+    """The frozen decoder, loaded once for every task it answers."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(name_or_path).eval()
+
+
+@functools.lru_cache(maxsize=2)
+def load_retriever(name_or_path: str):
+    """The retrieval model of the nearest-caption baseline and its processor, loaded once."""
+    from recipes.evaluation.retrieval import load_model_and_processor
+
+    return load_model_and_processor(name_or_path)
+
+
 def frozen_decoder_baseline(
     decoder_name_or_path: str, processor, dataset, task: str, columns: dict, batch_size: int = 16,
     max_new_tokens: int = 24,
 ) -> dict:  # fmt: skip
     """The pretrained decoder alone, untouched, answering the same prompts without the image or sound."""
-    from transformers import AutoModelForCausalLM
-
-    decoder = AutoModelForCausalLM.from_pretrained(decoder_name_or_path).eval()
+    decoder = load_decoder(decoder_name_or_path)
     return evaluate_generation(
         decoder, processor, dataset, task, columns, batch_size, max_new_tokens, without_media=True
     )
@@ -142,9 +143,9 @@ def retrieval_caption_baseline(
     """Caption each test image (or sound) with the description of its nearest training one under a retrieval
     model's image (audio) embeddings."""
     from recipes.data.retrieval import RetrievalCollator, RetrievalColumns, prepare_for_lazy_decoding
-    from recipes.evaluation.retrieval import embed_dataset, load_model_and_processor
+    from recipes.evaluation.retrieval import embed_dataset
 
-    retriever, processor = load_model_and_processor(retriever_name_or_path)
+    retriever, processor = load_retriever(retriever_name_or_path)
     modality = TASK_MEDIA[task]
     media = columns["media_column"]
     layout = RetrievalColumns(
@@ -183,7 +184,3 @@ def format_generation_results(results: dict) -> str:
             cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), float | int) else "-" for k in keys]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def mean_length(texts: Sequence[str]) -> float:
-    return float(np.mean([len(t.split()) for t in texts])) if texts else 0.0
