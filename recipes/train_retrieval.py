@@ -37,6 +37,7 @@ from recipes.data.retrieval import (  # noqa: E402
 from recipes.evaluation.retrieval import RetrievalEvalConfig, evaluate_model, format_results  # noqa: E402
 from recipes.hub import check_can_publish, publish_run  # noqa: E402
 from recipes.training.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments  # noqa: E402
+from recipes.training.distributed import fsdp_requested, gather_full_model  # noqa: E402
 from recipes.training.model import build_model_and_processor, lora_targets  # noqa: E402
 from recipes.training.trainer import (  # noqa: E402  # noqa: E402
     FrozenPrefixCacheCallback,
@@ -194,6 +195,11 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
         "device": str(training_args.device),
     }
     prefix_cache = None
+    if training_args.cache_frozen_prefix and fsdp_requested():
+        # Sharded tower weights are gathered by collectives as each rank runs them; a rank that reads a prefix from
+        # the cache would skip its share of them.
+        logger.warning("cache_frozen_prefix is off under FSDP: the towers' frozen prefixes are sharded.")
+        training_args.cache_frozen_prefix = False
     if training_args.cache_frozen_prefix:
         # Only what no trainable parameter touches: the layers below each tower's first LoRA (or trainable) layer.
         prefix_cache = FrozenPrefixCache(cache_dir / "frozen_prefix")
@@ -261,8 +267,9 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
 
     # Evaluation, on the saved model
     results: dict = {"train": train_result.metrics}
+    full_model = gather_full_model(trainer)  # every rank: under FSDP the shards are gathered to the main one
     if trainer.is_world_process_zero():
-        final = save_final_model(trainer.model, processor, output_dir, model_args.save_adapter)
+        final = save_final_model(full_model, processor, output_dir, model_args.save_adapter)
         testing = time.perf_counter()
         if data_args.test_splits:
             eval_config = RetrievalEvalConfig(

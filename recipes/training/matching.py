@@ -9,12 +9,13 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from recipes.data.matching import MultiTaskDataset, TaskBatchSampler
+from recipes.training.distributed import FsdpOnCpuMixin
 from recipes.training.trainer import EvalCollatorMixin, StrictResumeMixin
 
 OBJECTIVE_LOSSES = ("itc_loss", "itm_loss", "mlm_loss", "mpm_loss", "vqa_loss")
 
 
-class MatchingTrainer(EvalCollatorMixin, StrictResumeMixin, Trainer):
+class MatchingTrainer(FsdpOnCpuMixin, EvalCollatorMixin, StrictResumeMixin, Trainer):
     """
     `Trainer` for the matching and VQA heads. The model computes its loss (the config's weighted objectives); the
     trainer logs each objective's mean since the last log line (`train/itm_loss`, ...). A [`MultiTaskDataset`] is

@@ -18,6 +18,12 @@ from transformers import Trainer, TrainerCallback
 from modeling.common.losses import ContrastiveLoss, build_loss
 from modeling.common.retrieval import combination_key
 from recipes.evaluation.ranking import positives_from_ids, rank_of_positives, retrieval_metrics
+from recipes.training.distributed import (
+    FSDP_MODEL_DIR,
+    FSDP_OPTIMIZER_DIR,
+    FsdpOnCpuMixin,
+    is_sharded_checkpoint,
+)
 from recipes.utils.models import MODALITIES, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -98,7 +104,7 @@ class EvalCollatorMixin:
             self.data_collator = train_collator
 
 
-class RetrievalTrainer(EvalCollatorMixin, StrictResumeMixin, Trainer):
+class RetrievalTrainer(FsdpOnCpuMixin, EvalCollatorMixin, StrictResumeMixin, Trainer):
     """
     `Trainer` for the retrieval families: the loss is a module of the training side (see [`LossSchedule`]) applied
     to the embeddings the model returns (read by name), evaluation batches are collated without augmentation, the
@@ -248,20 +254,32 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
-    required = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+    required = ("trainer_state.json", "scheduler.pt")
     candidates = sorted(
         (p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
         reverse=True,
     )
     for checkpoint in candidates:
-        has_weights = any(
-            (checkpoint / name).exists() for name in ("model.safetensors", "adapter_model.safetensors")
-        )
-        if has_weights and all((checkpoint / name).exists() for name in required):
+        if is_sharded_checkpoint(checkpoint):  # FSDP: a folder of model shards, another of optimizer shards
+            has_weights = _complete_dcp(checkpoint / FSDP_MODEL_DIR)
+            has_optimizer = _complete_dcp(checkpoint / FSDP_OPTIMIZER_DIR)
+        elif (checkpoint / "latest").exists():  # DeepSpeed writes `latest` (naming its step folder) last
+            has_weights = has_optimizer = (checkpoint / (checkpoint / "latest").read_text().strip()).is_dir()
+        else:
+            has_weights = any(
+                (checkpoint / name).exists() for name in ("model.safetensors", "adapter_model.safetensors")
+            )
+            has_optimizer = (checkpoint / "optimizer.pt").exists()
+        if has_weights and has_optimizer and all((checkpoint / name).exists() for name in required):
             return str(checkpoint)
         logger.warning("Skipping incomplete checkpoint %s (interrupted while saving).", checkpoint)
     return None
+
+
+def _complete_dcp(folder: Path) -> bool:
+    """A `torch.distributed.checkpoint` folder is complete once its `.metadata` is written (the last file)."""
+    return (folder / ".metadata").is_file()
 
 
 def save_final_model(model, processor, output_dir: Path, save_adapter: bool = False):
