@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -34,6 +35,7 @@ from recipes.data.retrieval import (  # noqa: E402
     prepare_for_lazy_decoding,
     resolve_columns,
 )
+from recipes.data.streaming import streaming_splits  # noqa: E402
 from recipes.evaluation.retrieval import RetrievalEvalConfig, evaluate_model, format_results  # noqa: E402
 from recipes.hub import check_can_publish, publish_run  # noqa: E402
 from recipes.training.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments  # noqa: E402
@@ -118,13 +120,35 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
 
     # Dataset
     columns = data_args.retrieval_columns()
-    dataset = load_retrieval_dataset(data_args.dataset_name, config_name=data_args.dataset_config_name)
-    for split in [data_args.train_split, data_args.eval_split, *data_args.test_splits]:
-        if split is not None and split not in dataset:
-            raise ValueError(f"Split {split!r} is not in {data_args.dataset_name}; it has {sorted(dataset)}.")
-    train_dataset = dataset[data_args.train_split]
-    if data_args.max_train_samples:
-        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
+    if data_args.streaming:
+        # The training split is streamed (each process reads its own part); the evaluation splits are small and
+        # held in memory.
+        dataset, train_dataset, train_rows = streaming_splits(
+            data_args,
+            seed=training_args.seed,
+            rank=training_args.process_index,
+            world_size=training_args.world_size,
+        )
+        if training_args.max_steps <= 0:
+            per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+            steps_per_epoch = math.ceil(train_rows / training_args.world_size / per_step)
+            training_args.max_steps = math.ceil(training_args.num_train_epochs * steps_per_epoch)
+            logger.info(
+                "Streaming %d training rows: %d steps per epoch, max_steps=%d.",
+                train_rows, steps_per_epoch, training_args.max_steps,
+            )  # fmt: skip
+        training_args.accelerator_config.dispatch_batches = False  # each process reads its own rows
+    else:
+        dataset = load_retrieval_dataset(data_args.dataset_name, config_name=data_args.dataset_config_name)
+        for split in [data_args.train_split, data_args.eval_split, *data_args.test_splits]:
+            if split is not None and split not in dataset:
+                raise ValueError(
+                    f"Split {split!r} is not in {data_args.dataset_name}; it has {sorted(dataset)}."
+                )
+        train_dataset = dataset[data_args.train_split]
+        if data_args.max_train_samples:
+            train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
+        train_rows = len(train_dataset)
     modalities = resolve_columns(train_dataset, columns, None)
     train_dataset = prepare_for_lazy_decoding(train_dataset, columns)
     eval_dataset = None
@@ -136,6 +160,11 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
 
     # Model
     model, processor = build_model_and_processor(model_args)
+    if transcribes_audio(model) and "audio" in modalities and data_args.streaming:
+        raise ValueError(
+            "This model transcribes its audio before training, which needs the whole training split: train it "
+            "without --streaming, or with a model whose config has transcribe_audio=false."
+        )
     if transcribes_audio(model) and "audio" in modalities:
         # The speech recogniser is frozen: each split is transcribed once, before training.
         transcribing = time.perf_counter()
@@ -188,7 +217,7 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
             "world_size": training_args.world_size,
             "precision_used": precision,
         },
-        "split_sizes": {data_args.train_split: len(train_dataset)}
+        "split_sizes": {data_args.train_split: train_rows}
         | ({data_args.eval_split: len(eval_dataset)} if eval_dataset is not None else {}),
         "parameter_table": parameter_table,
         "trainable_parameters": trainable_parameters,

@@ -96,6 +96,20 @@ class DataArguments:
             "help": "Skip undecodable rows instead of failing; the run logs and records how many it skipped."
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training split (a Hub dataset or a folder of Parquet shards, see "
+            "recipes/data/streaming.py) instead of loading it: each process reads its own shards; max_steps is "
+            "derived from num_train_epochs and the number of rows."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={
+            "help": "Rows in the streaming shuffle buffer (0: the shards' order). Ignored without streaming."
+        },
+    )
     augment_audio: bool = field(
         default=False,
         metadata={
