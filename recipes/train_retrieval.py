@@ -39,7 +39,7 @@ from recipes.data.streaming import streaming_splits  # noqa: E402
 from recipes.evaluation.retrieval import RetrievalEvalConfig, evaluate_model, format_results  # noqa: E402
 from recipes.hub import check_can_publish, publish_run  # noqa: E402
 from recipes.training.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments  # noqa: E402
-from recipes.training.distributed import fsdp_requested, gather_full_model  # noqa: E402
+from recipes.training.distributed import frozen_prefix_cache_allowed, gather_full_model  # noqa: E402
 from recipes.training.model import build_model_and_processor, lora_targets  # noqa: E402
 from recipes.training.trainer import (  # noqa: E402  # noqa: E402
     FrozenPrefixCacheCallback,
@@ -224,12 +224,7 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
         "device": str(training_args.device),
     }
     prefix_cache = None
-    if training_args.cache_frozen_prefix and fsdp_requested():
-        # Sharded tower weights are gathered by collectives as each rank runs them; a rank that reads a prefix from
-        # the cache would skip its share of them.
-        logger.warning("cache_frozen_prefix is off under FSDP: the towers' frozen prefixes are sharded.")
-        training_args.cache_frozen_prefix = False
-    if training_args.cache_frozen_prefix:
+    if frozen_prefix_cache_allowed(training_args):
         # Only what no trainable parameter touches: the layers below each tower's first LoRA (or trainable) layer.
         prefix_cache = FrozenPrefixCache(cache_dir / "frozen_prefix")
         unwrap_model(model).enable_frozen_prefix_cache(prefix_cache)

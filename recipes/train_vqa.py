@@ -46,6 +46,7 @@ from recipes.data.retrieval import RetrievalColumns, load_retrieval_dataset, pre
 from recipes.data.vqa import answer_vocabulary  # noqa: E402
 from recipes.train_retrieval import redact_secrets  # noqa: E402
 from recipes.training.arguments import MatchingDataArguments, ModelArguments, RecipeTrainingArguments  # noqa: E402
+from recipes.training.distributed import frozen_prefix_cache_allowed, gather_full_model  # noqa: E402
 from recipes.training.matching import MatchingTrainer, vqa_score_metrics  # noqa: E402
 from recipes.training.model import build_model_and_processor, lora_targets  # noqa: E402
 from recipes.training.trainer import (  # noqa: E402
@@ -206,7 +207,7 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
 
     prefix_cache = None
     callbacks = [JsonlLogCallback()]
-    if training_args.cache_frozen_prefix:
+    if frozen_prefix_cache_allowed(training_args):
         prefix_cache = FrozenPrefixCache(cache_dir / "frozen_prefix")
         unwrap_model(model).enable_frozen_prefix_cache(prefix_cache)
         callbacks.append(FrozenPrefixCacheCallback(prefix_cache))
@@ -225,6 +226,9 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
     train_result, train_seconds = run_training(trainer, output_dir, prefix_cache)
 
     results: dict = {"train": train_result.metrics}
+    full_model = gather_full_model(
+        trainer
+    )  # every process: under FSDP the shards are gathered to the main one
     if trainer.is_world_process_zero():
         run_config = {
             "command": command,
@@ -238,7 +242,7 @@ def _train(model_args, data_args, training_args, command: list[str]) -> dict:
             "train_runtime_seconds": train_seconds,
         }
         (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
-        final = save_final_model(trainer.model, processor, output_dir, model_args.save_adapter)
+        final = save_final_model(full_model, processor, output_dir, model_args.save_adapter)
         final.to(training_args.device)
         results["test"] = evaluate_run(
             final, processor, data_args, vqa, pairs, training_args.per_device_eval_batch_size

@@ -122,6 +122,15 @@ def restore_scalar_parameters(model: torch.nn.Module, reference: torch.nn.Module
             parameter.data = parameter.data.reshape(())
 
 
+def frozen_prefix_cache_allowed(training_args) -> bool:
+    """`cache_frozen_prefix`, off (with a warning) under FSDP: the towers' weights are sharded and gathered by
+    collectives as each process runs them; a process that reads a prefix from the cache would skip its share."""
+    if training_args.cache_frozen_prefix and fsdp_requested():
+        logger.warning("cache_frozen_prefix is off under FSDP: the towers' frozen prefixes are sharded.")
+        training_args.cache_frozen_prefix = False
+    return training_args.cache_frozen_prefix
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether `model` (or a module in it) was sharded by FSDP2."""
     from torch.distributed.fsdp import FSDPModule
