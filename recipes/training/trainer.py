@@ -271,10 +271,23 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
                 (checkpoint / name).exists() for name in ("model.safetensors", "adapter_model.safetensors")
             )
             has_optimizer = (checkpoint / "optimizer.pt").exists()
-        if has_weights and has_optimizer and all((checkpoint / name).exists() for name in required):
+        if (
+            has_weights
+            and has_optimizer
+            and all((checkpoint / name).exists() for name in required)
+            and _readable_json(checkpoint / "trainer_state.json")  # written last, not atomically
+        ):
             return str(checkpoint)
         logger.warning("Skipping incomplete checkpoint %s (interrupted while saving).", checkpoint)
     return None
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _complete_dcp(folder: Path) -> bool:

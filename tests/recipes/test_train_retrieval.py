@@ -204,13 +204,34 @@ def test_a_bad_row_stops_training_with_its_id_and_column(assets, tmp_path):
 
 
 def test_last_complete_checkpoint_skips_one_interrupted_while_saving(tmp_path):
-    for step, files in ((2, ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_model.safetensors")),
-                        (4, ("adapter_model.safetensors",))):  # fmt: skip
+    def checkpoint(step: int, files: dict[str, str]) -> Path:
         folder = tmp_path / f"checkpoint-{step}"
-        folder.mkdir()
-        for name in files:
-            (folder / name).write_text("x")
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        return folder
+
+    complete = {
+        "trainer_state.json": "{}",
+        "optimizer.pt": "x",
+        "scheduler.pt": "x",
+        "adapter_model.safetensors": "x",
+    }
+    checkpoint(2, complete)
+    checkpoint(4, {"adapter_model.safetensors": "x"})
+    checkpoint(6, {**complete, "trainer_state.json": ""})  # killed while writing the trainer state (seen)
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    # FSDP: complete once both torch.distributed.checkpoint folders have their .metadata
+    sharded = {"trainer_state.json": "{}", "scheduler.pt": "x", "pytorch_model_fsdp_0/.metadata": "x"}
+    checkpoint(8, sharded)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    checkpoint(8, {"optimizer_0/.metadata": "x"})
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
+    # DeepSpeed: complete once `latest` names an existing step folder
+    checkpoint(10, {"trainer_state.json": "{}", "scheduler.pt": "x", "latest": "global_step10"})
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
+    checkpoint(10, {"global_step10/mp_rank_00_model_states.pt": "x"})
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
 
 
 def logged_losses(output_dir: Path) -> dict[int, float]:
