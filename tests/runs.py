@@ -49,3 +49,9 @@ def train_tiny_run(root: Path) -> dict[str, Path]:
     if result.returncode != 0:
         raise RuntimeError(f"The tiny run failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return {**towers, "whisper": whisper, "dataset": dataset, "run": run_dir}
+
+
+def logged_losses(output_dir: Path) -> dict[int, float]:
+    """`{step: loss}` of a run's `train_log.jsonl` (a resumed run logs the replayed steps again: the last counts)."""
+    records = (json.loads(line) for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines())
+    return {record["step"]: record["loss"] for record in records if "loss" in record}

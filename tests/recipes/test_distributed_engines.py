@@ -10,7 +10,6 @@ to 1e-5. The weights must agree to 1e-5 (absolute), the losses to 1e-5 (relative
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from recipes.training.trainer import last_complete_checkpoint
-from tests.runs import ENV, REPO, recipe_args
+from tests.runs import ENV, REPO, logged_losses, recipe_args
 from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset
 
 CONFIGS = REPO / "recipes" / "accelerate_configs"
@@ -61,16 +60,11 @@ def run(command: list[str]) -> str:
     return result.stdout + result.stderr
 
 
-def losses(output_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
-    return {record["step"]: record["loss"] for record in records if "loss" in record}
-
-
 def assert_same_run(
     expected: Path, actual: Path, tolerance: float, loss_rtol: float = 1e-5, exceptions: dict | None = None
 ) -> None:
     """Same logged losses (relative `loss_rtol`) and final weights (absolute `tolerance`, or `exceptions[name]`)."""
-    assert losses(actual) == pytest.approx(losses(expected), rel=loss_rtol, abs=1e-6)
+    assert logged_losses(actual) == pytest.approx(logged_losses(expected), rel=loss_rtol, abs=1e-6)
     reference, weights = load_file(expected / "model.safetensors"), load_file(actual / "model.safetensors")
     assert reference.keys() == weights.keys()
     for key, value in reference.items():

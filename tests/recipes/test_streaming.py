@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from recipes.data.retrieval import load_retrieval_dataset
 from recipes.data.streaming import open_stream, stream_num_rows, training_stream, write_parquet_shards
 from recipes.training.trainer import last_complete_checkpoint
-from tests.runs import ENV, REPO, recipe_args
+from tests.runs import ENV, REPO, logged_losses, recipe_args
 from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset
 
 
@@ -33,11 +33,6 @@ def run(command: list[str]) -> str:
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
-
-
-def losses(output_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
-    return {record["step"]: record["loss"] for record in records if "loss" in record}
 
 
 def test_the_shards_hold_every_row_with_its_bytes_in_the_hubs_layout(assets):
@@ -72,7 +67,9 @@ def test_each_process_streams_its_own_rows_and_together_they_stream_all(assets, 
 
 def test_the_shuffle_buffer_gives_one_order_per_seed_and_epoch(assets):
     def order(seed, epoch=0):
-        stream = training_stream(str(assets["shards"]), "train", shuffle_buffer_size=8, seed=seed).decode(False)
+        stream = training_stream(str(assets["shards"]), "train", shuffle_buffer_size=8, seed=seed).decode(
+            False
+        )
         stream.set_epoch(epoch)  # what the Trainer calls at each epoch
         return [row["id"] for row in stream]
 
@@ -101,7 +98,8 @@ def test_a_streamed_run_equals_the_in_memory_run_on_the_same_order_of_samples(as
                   *extra, "--streaming", "true", "--shuffle_buffer_size", "0")])  # fmt: skip
     assert "Streaming 16 training rows: 4 steps per epoch, max_steps=8." in output
     assert (
-        losses(tmp_path / "stream") == losses(tmp_path / "memory") and len(losses(tmp_path / "memory")) == 8
+        logged_losses(tmp_path / "stream") == logged_losses(tmp_path / "memory")
+        and len(logged_losses(tmp_path / "memory")) == 8
     )
     expected, actual = (
         load_file(tmp_path / "memory" / "model.safetensors"),
@@ -145,7 +143,7 @@ def test_a_streamed_run_killed_after_a_checkpoint_resumes_exactly(assets, tmp_pa
     killed_at = last_complete_checkpoint(resumed)
     output = run(command)
     assert f"Resuming from the last complete checkpoint in output_dir: {killed_at}" in output
-    assert losses(resumed) == pytest.approx(losses(tmp_path / "unbroken"), rel=1e-6, abs=1e-7)
+    assert logged_losses(resumed) == pytest.approx(logged_losses(tmp_path / "unbroken"), rel=1e-6, abs=1e-7)
     expected, actual = (
         load_file(tmp_path / "unbroken" / "model.safetensors"),
         load_file(resumed / "model.safetensors"),

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from recipes.training.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
 from recipes.training.trainer import last_complete_checkpoint
 from recipes.utils.arguments import parse_recipe_arguments
-from tests.runs import ENV, REPO, TINY_CONFIG, recipe_args
+from tests.runs import ENV, REPO, TINY_CONFIG, logged_losses, recipe_args
 from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset, save_tiny_whisper
 
 
@@ -232,17 +232,6 @@ def test_last_complete_checkpoint_skips_one_interrupted_while_saving(tmp_path):
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
     checkpoint(10, {"global_step10/mp_rank_00_model_states.pt": "x"})
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
-
-
-def logged_losses(output_dir: Path) -> dict[int, float]:
-    losses = {}
-    for line in (output_dir / "train_log.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            losses[record["step"]] = record[
-                "loss"
-            ]  # a resumed run logs the replayed steps again: keep the last
-    return losses
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_exactly(assets, tmp_path):
