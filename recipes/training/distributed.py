@@ -140,7 +140,7 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 def gather_full_model(trainer):
     """The trained model as a plain (unsharded) module on the main process, `None` on the others; every process
-    must call it. Without FSDP, the trainer's model itself.
+    must call it. Without FSDP, the trainer's model itself (under DeepSpeed with its scalars' shapes restored).
 
     Under FSDP the parameters are shards (`DTensor`); the full state dict is gathered to the main process (a
     collective), where a copy of the model is built on the meta device from its config (and its PEFT config), then
@@ -168,10 +168,8 @@ def gather_full_model(trainer):
         raise RuntimeError(
             f"The gathered state dict does not match the model: missing {missing}, unexpected {unexpected}."
         )
-    for (
-        name,
-        buffer,
-    ) in buffers.items():  # non-persistent buffers are not in the state dict (FSDP keeps them whole)
+    # Non-persistent buffers are not in the state dict; FSDP keeps them whole on every process.
+    for name, buffer in buffers.items():
         owner, _, attribute = name.rpartition(".")
         module = plain.get_submodule(owner) if owner else plain
         if module._buffers.get(attribute) is not None and module._buffers[attribute].device.type == "meta":
