@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -55,3 +57,39 @@ def logged_losses(output_dir: Path) -> dict[int, float]:
     """`{step: loss}` of a run's `train_log.jsonl` (a resumed run logs the replayed steps again: the last counts)."""
     records = (json.loads(line) for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines())
     return {record["step"]: record["loss"] for record in records if "loss" in record}
+
+
+def run_ok(command: list[str], cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `command` (a recipe, usually) and assert it succeeded, showing the end of its output otherwise."""
+    result = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
+    return result
+
+
+def kill_after_checkpoint(command: list[str], output_dir: Path, accept=lambda checkpoint: True) -> str:
+    """Start `command` and SIGKILL it (no clean-up), with every process it started, as soon as `output_dir` holds a
+    complete checkpoint that `accept(path)` takes; returns the last complete checkpoint after the kill. torch's
+    elastic agent (`accelerate launch`) starts its workers in sessions of their own: killing the launcher's process
+    group would leave them training."""
+    import psutil
+
+    from recipes.training.trainer import last_complete_checkpoint
+
+    process = subprocess.Popen(
+        command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    victims = []
+    try:
+        started = time.monotonic()
+        while (checkpoint := last_complete_checkpoint(output_dir)) is None or not accept(checkpoint):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() - started < 300
+            time.sleep(0.02)
+        victims = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        for victim in victims:
+            victim.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    psutil.wait_procs([victim for victim in victims if victim.is_running()], timeout=30)
+    assert not (Path(output_dir) / "model.safetensors").exists(), "the run finished before it could be killed"
+    return last_complete_checkpoint(output_dir)

@@ -18,7 +18,7 @@ import torch
 
 from recipes.evaluation.index import EmbeddingStore, ManifestMismatchError, embed_texts, load_index
 from recipes.evaluation.ranking import search_topk
-from tests.runs import ENV, REPO
+from tests.runs import ENV, REPO, run_ok
 from tests.tiny import save_tiny_retrieval_dataset
 
 ROWS, SHARD, BATCH, MODALITY = 160, 4, 4, "text+audio"  # 40 shards; a composed embedding with transcripts
@@ -31,10 +31,7 @@ def build_command(model: Path, dataset: Path, output_dir: Path, *extra: str) -> 
             "--batch_size", str(BATCH), *extra]  # fmt: skip
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
+run = run_ok
 
 
 @pytest.fixture(scope="module")

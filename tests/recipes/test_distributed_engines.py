@@ -10,20 +10,16 @@ to 1e-5. The weights must agree to 1e-5 (absolute), the losses to 1e-5 (relative
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
 from recipes.training.trainer import last_complete_checkpoint
-from tests.runs import ENV, REPO, logged_losses, recipe_args
+from tests.runs import REPO, kill_after_checkpoint, logged_losses, recipe_args, run_ok
 from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset
 
 CONFIGS = REPO / "recipes" / "accelerate_configs"
@@ -55,8 +51,7 @@ def launch(engine: str, family: str, assets, output_dir: Path, *extra: str) -> l
 
 
 def run(command: list[str]) -> str:
-    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
+    result = run_ok(command)
     return result.stdout + result.stderr
 
 
@@ -126,24 +121,7 @@ def test_a_sharded_run_killed_after_a_checkpoint_resumes_to_the_unbroken_weights
     if engine == "deepspeed":
         pytest.importorskip("deepspeed", reason="the `distributed` extra (scripts/setup.sh installs it)")
     output_dir = tmp_path / engine
-    process = subprocess.Popen(launch(engine, "cman", assets, output_dir), cwd=REPO, env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        started = time.monotonic()
-        while last_complete_checkpoint(output_dir) is None:
-            assert process.poll() is None, "the run ended before writing a checkpoint"
-            assert time.monotonic() - started < 300
-            time.sleep(0.02)
-        # The launcher and its workers (torch's elastic agent starts them in sessions of their own).
-        victims = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-        for victim in victims:
-            victim.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    psutil.wait_procs([v for v in victims if v.is_running()], timeout=30)
-    killed_at = last_complete_checkpoint(output_dir)
-    if (output_dir / "model.safetensors").exists():
-        pytest.fail(f"the run finished before it could be killed (checkpoint {killed_at})")
+    killed_at = kill_after_checkpoint(launch(engine, "cman", assets, output_dir), output_dir)
     output = run(launch(engine, "cman", assets, output_dir))
     assert f"Resuming from the last complete checkpoint in output_dir: {killed_at}" in output
     assert_same_run(ddp_runs["cman"], output_dir, WEIGHT_TOLERANCE[engine])

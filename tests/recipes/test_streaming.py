@@ -5,9 +5,7 @@ order of samples, and a streamed run killed after a checkpoint resumes to the un
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,7 @@ from safetensors.torch import load_file
 
 from recipes.data.retrieval import load_retrieval_dataset
 from recipes.data.streaming import open_stream, stream_num_rows, training_stream, write_parquet_shards
-from recipes.training.trainer import last_complete_checkpoint
-from tests.runs import ENV, REPO, logged_losses, recipe_args
+from tests.runs import kill_after_checkpoint, logged_losses, recipe_args, run_ok
 from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset
 
 
@@ -30,8 +27,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 
 
 def run(command: list[str]) -> str:
-    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    result = run_ok(command)
     return result.stdout + result.stderr
 
 
@@ -127,24 +123,11 @@ def test_a_streamed_run_killed_after_a_checkpoint_resumes_exactly(assets, tmp_pa
     )
     resumed = tmp_path / "resumed"
     command = [sys.executable, "recipes/train_retrieval.py", *recipe_args(streamed_assets, resumed, *extra)]
-    process = subprocess.Popen(
-        command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    # A checkpoint inside an epoch after the first (4 steps an epoch: step 6 or 10): the resumed run must replay that
+    # epoch's shuffled order and skip the batches it had trained on.
+    killed_at = kill_after_checkpoint(
+        command, resumed, accept=lambda path: int(path.rsplit("-", 1)[1]) % 4 != 0
     )
-    try:
-        started = time.monotonic()
-        # A checkpoint inside an epoch after the first (4 steps an epoch: step 6 or 10): the resumed run must replay
-        # that epoch's shuffled order and skip the batches it had trained on.
-        while (killed_at := last_complete_checkpoint(resumed)) is None or int(
-            killed_at.rsplit("-", 1)[1]
-        ) % 4 == 0:
-            assert process.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() - started < 300
-            time.sleep(0.02)
-        process.kill()
-    finally:
-        process.wait()
-    assert not (resumed / "model.safetensors").exists(), "the run finished before it could be killed"
-    killed_at = last_complete_checkpoint(resumed)
     output = run(command)
     assert f"Resuming from the last complete checkpoint in output_dir: {killed_at}" in output
     assert logged_losses(resumed) == pytest.approx(logged_losses(tmp_path / "unbroken"), rel=1e-6, abs=1e-7)

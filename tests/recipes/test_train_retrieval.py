@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from recipes.training.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
 from recipes.training.trainer import last_complete_checkpoint
 from recipes.utils.arguments import parse_recipe_arguments
-from tests.runs import ENV, REPO, TINY_CONFIG, logged_losses, recipe_args
+from tests.runs import ENV, REPO, TINY_CONFIG, kill_after_checkpoint, logged_losses, recipe_args, run_ok
 from tests.tiny import save_tiny_pretrained_towers, save_tiny_retrieval_dataset, save_tiny_whisper
 
 
@@ -28,10 +28,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def run(command: list[str], cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
+run = run_ok
 
 
 def evaluate_elsewhere(assets, output_dir: Path, tmp_path: Path) -> dict:
@@ -241,23 +238,9 @@ def test_a_run_killed_after_a_checkpoint_resumes_exactly(assets, tmp_path):
     run([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, reference, *extra)])
 
     resumed = tmp_path / "resumed"
-    process = subprocess.Popen([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, resumed, *extra)],
-                               cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        # Kill the process (SIGKILL: no clean-up) as soon as it has written a complete checkpoint.
-        deadline = 300
-        import time
-
-        started = time.monotonic()
-        while last_complete_checkpoint(resumed) is None:
-            assert process.poll() is None, "the run ended before writing a checkpoint"
-            assert time.monotonic() - started < deadline
-            time.sleep(0.05)
-        process.kill()
-    finally:
-        process.wait()
-    assert not (resumed / "model.safetensors").exists(), "the run finished before it could be killed"
-    killed_at = last_complete_checkpoint(resumed)
+    killed_at = kill_after_checkpoint(
+        [sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, resumed, *extra)], resumed
+    )
     run([sys.executable, "recipes/train_retrieval.py", *recipe_args(assets, resumed, *extra)])
 
     reference_losses, resumed_losses = logged_losses(reference), logged_losses(resumed)
